@@ -1,0 +1,197 @@
+"""Checkpoint IO: NLD weights (single or sharded safetensors, memory-mapped) and the draft LoRA adapter."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from nld.config import NLDConfig, load_config
+from nld.errors import CheckpointError, ConfigError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+ADAPTER_DIR = "linear_spec_lora"
+ADAPTER_PREFIX = "base_model.model."
+
+# Per-layer weight names and their shapes, as functions of the config (the whole weight map in one table).
+LAYER_WEIGHTS: dict[str, object] = {
+    "self_attn.q_proj.weight": lambda c: (c.num_attention_heads * c.head_dim, c.hidden_size),
+    "self_attn.k_proj.weight": lambda c: (c.num_key_value_heads * c.head_dim, c.hidden_size),
+    "self_attn.v_proj.weight": lambda c: (c.num_key_value_heads * c.head_dim, c.hidden_size),
+    "self_attn.o_proj.weight": lambda c: (c.hidden_size, c.num_attention_heads * c.head_dim),
+    "mlp.gate_proj.weight": lambda c: (c.intermediate_size, c.hidden_size),
+    "mlp.up_proj.weight": lambda c: (c.intermediate_size, c.hidden_size),
+    "mlp.down_proj.weight": lambda c: (c.hidden_size, c.intermediate_size),
+    "input_layernorm.weight": lambda c: (c.hidden_size,),
+    "post_attention_layernorm.weight": lambda c: (c.hidden_size,),
+}
+
+
+def expected_shapes(config: NLDConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor name an NLD checkpoint must hold, with its shape."""
+    shapes: dict[str, tuple[int, ...]] = {
+        "encoder.embed_tokens.weight": (config.vocab_size, config.hidden_size),
+        "encoder.norm.weight": (config.hidden_size,),
+    }
+    if not config.tie_word_embeddings:
+        shapes["diffusion_head.weight"] = (config.vocab_size, config.hidden_size)
+    for layer in range(config.num_hidden_layers):
+        for name, shape_of in LAYER_WEIGHTS.items():
+            shapes[f"encoder.layers.{layer}.{name}"] = shape_of(config)  # type: ignore[operator]
+    return shapes
+
+
+def _weight_files(model_dir: Path) -> dict[str, Path]:
+    """Map tensor name -> safetensors file, from the index when sharded."""
+    index_path = model_dir / INDEX_FILE
+    if index_path.exists():
+        try:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index_path}: not a valid safetensors index ({exc!r})") from None
+        files = {}
+        for name, shard in weight_map.items():
+            shard_path = model_dir / shard
+            if not shard_path.exists():
+                raise CheckpointError(f"{index_path}: shard '{shard}' (holding '{name}') not found")
+            files[name] = shard_path
+        return files
+    single = model_dir / SINGLE_FILE
+    if not single.exists():
+        raise CheckpointError(f"{model_dir}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
+    with _open(single) as handle:
+        return dict.fromkeys(handle.keys(), single)
+
+
+def _open(path: Path):  # noqa: ANN202 - safetensors' handle type is private
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: cannot read safetensors file ({exc})") from None
+
+
+def _check_names(found: set[str], expected: set[str], where: str) -> None:
+    missing = sorted(expected - found)
+    unexpected = sorted(found - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected tensors: {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+        raise CheckpointError(f"{where}: " + "; ".join(parts))
+
+
+def iter_tensors(files: dict[str, Path], names: list[str]) -> Iterator[tuple[str, torch.Tensor, Path]]:
+    """Yield (name, tensor, file) for `names`, opening each file once; tensors are memory-mapped."""
+    by_file: dict[Path, list[str]] = {}
+    for name in names:
+        by_file.setdefault(files[name], []).append(name)
+    for path, file_names in by_file.items():
+        with _open(path) as handle:
+            for name in file_names:
+                yield name, handle.get_tensor(name), path
+
+
+def load_weights(model_dir: str | Path, config: NLDConfig) -> dict[str, torch.Tensor]:
+    """Load and validate every weight of an NLD checkpoint; errors name the file and tensor."""
+    model_dir = Path(model_dir)
+    files = _weight_files(model_dir)
+    shapes = expected_shapes(config)
+    _check_names(set(files), set(shapes), str(model_dir))
+    weights = {}
+    for name, tensor, path in iter_tensors(files, sorted(shapes)):
+        if tuple(tensor.shape) != shapes[name]:
+            raise CheckpointError(
+                f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, expected {shapes[name]} from config.json"
+            )
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{path}: tensor '{name}' has dtype {tensor.dtype}, expected a float type")
+        weights[name] = tensor
+    return weights
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A PEFT LoRA on o_proj: per layer (A [r, in], B [out, r]); delta(x) = scaling * B(A(x))."""
+
+    rank: int
+    alpha: float
+    scaling: float
+    layers: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    path: Path
+
+
+def load_adapter(adapter_dir: str | Path, config: NLDConfig) -> LoraAdapter:
+    """Read `linear_spec_lora/` (adapter_config.json + adapter_model.safetensors) and validate it."""
+    adapter_dir = Path(adapter_dir)
+    config_path = adapter_dir / "adapter_config.json"
+    try:
+        data = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{config_path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{config_path}: not valid JSON ({exc})") from None
+    if data.get("peft_type", "LORA") != "LORA":
+        raise ConfigError(f"{config_path}: field 'peft_type' must be 'LORA', got {data.get('peft_type')!r}")
+    rank, alpha = data.get("r"), data.get("lora_alpha")
+    if not isinstance(rank, int) or rank <= 0:
+        raise ConfigError(f"{config_path}: field 'r' must be a positive integer, got {rank!r}")
+    if not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise ConfigError(f"{config_path}: field 'lora_alpha' must be a positive number, got {alpha!r}")
+    targets = data.get("target_modules")
+    if isinstance(targets, str):
+        targets = [targets]
+    if not isinstance(targets, list) or sorted(targets) != ["o_proj"]:
+        raise ConfigError(f"{config_path}: field 'target_modules' must be ['o_proj'], got {targets!r}")
+    if data.get("use_dora"):
+        raise ConfigError(f"{config_path}: field 'use_dora' is not supported (plain LoRA only)")
+    scaling = alpha / rank**0.5 if data.get("use_rslora") else alpha / rank
+
+    weights_path = adapter_dir / "adapter_model.safetensors"
+    if not weights_path.exists():
+        raise CheckpointError(f"{weights_path}: file not found")
+    in_features = config.num_attention_heads * config.head_dim
+    expected: dict[str, tuple[int, ...]] = {}
+    for layer in range(config.num_hidden_layers):
+        stem = f"{ADAPTER_PREFIX}encoder.layers.{layer}.self_attn.o_proj"
+        expected[f"{stem}.lora_A.weight"] = (rank, in_features)
+        expected[f"{stem}.lora_B.weight"] = (config.hidden_size, rank)
+    with _open(weights_path) as handle:
+        _check_names(set(handle.keys()), set(expected), str(weights_path))
+        tensors = {name: handle.get_tensor(name) for name in expected}
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != expected[name]:
+            raise CheckpointError(
+                f"{weights_path}: tensor '{name}' has shape {tuple(tensor.shape)}, expected {expected[name]}"
+            )
+    layers = {}
+    for layer in range(config.num_hidden_layers):
+        stem = f"{ADAPTER_PREFIX}encoder.layers.{layer}.self_attn.o_proj"
+        layers[layer] = (tensors[f"{stem}.lora_A.weight"], tensors[f"{stem}.lora_B.weight"])
+    return LoraAdapter(rank=rank, alpha=float(alpha), scaling=scaling, layers=layers, path=adapter_dir)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded NLD checkpoint: validated config, weights, and the optional draft adapter."""
+
+    path: Path
+    config: NLDConfig
+    weights: dict[str, torch.Tensor]
+    adapter: LoraAdapter | None
+
+
+def load_checkpoint(model_dir: str | Path, *, with_adapter: bool = True) -> Checkpoint:
+    """Load an NLD checkpoint folder; the `linear_spec_lora/` adapter is loaded when present."""
+    model_dir = Path(model_dir)
+    config = load_config(model_dir)
+    weights = load_weights(model_dir, config)
+    adapter_dir = model_dir / ADAPTER_DIR
+    adapter = load_adapter(adapter_dir, config) if with_adapter and adapter_dir.is_dir() else None
+    return Checkpoint(path=model_dir, config=config, weights=weights, adapter=adapter)

@@ -1,0 +1,117 @@
+"""`nld` command line: thin wrappers over library functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from nld.backends.torch_backend import DTYPES
+from nld.errors import NLDError
+from nld.generate import generate, load_backend
+from nld.modes import MODES, GenerationParams
+from nld.tokenizer import NLDTokenizer
+
+
+def _prompt_ids(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
+
+
+def _add_generate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("generate", help="decode one prompt with a chosen mode")
+    parser.add_argument("--model", required=True, help="NLD checkpoint folder (config.json, model.safetensors)")
+    parser.add_argument("--mode", choices=list(MODES), default="linear-spec")
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text (needs tokenizer.json; chat template applied when present)")
+    prompt.add_argument("--prompt-ids", type=_prompt_ids, help="prompt as comma-separated token ids")
+    parser.add_argument("--no-chat-template", action="store_true", help="encode --prompt as raw text")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--block-length", type=int, help="block size (default: config block_size; 16 for quadratic)")
+    parser.add_argument("--threshold", type=float, help="confidence threshold for committing / draft filling")
+    parser.add_argument("--no-causal-context", action="store_true", help="diffusion: bidirectional prefill/commit")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, help="seed for sampling (temperature > 0)")
+    parser.add_argument("--no-lora", action="store_true", help="ignore the linear_spec_lora/ draft adapter")
+    parser.add_argument(
+        "--reference-semantics",
+        action="store_true",
+        help="behave exactly as the released reference code (mask id may be emitted; linear-spec may overshoot)",
+    )
+    parser.add_argument("--backend", default="torch", help="step backend (torch)")
+    parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)} (or fp32, bf16, fp16)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """`nld generate`: load, encode, decode, print."""
+    backend = load_backend(args.model, args.backend, args.dtype, args.device, adapter=not args.no_lora)
+    tokenizer = NLDTokenizer.from_dir(args.model)
+    if args.prompt is not None:
+        if tokenizer is None:
+            raise NLDError(f"{args.model}: no tokenizer.json, so --prompt cannot be encoded; use --prompt-ids")
+        prompt_ids = tokenizer.encode_prompt(args.prompt, chat=not args.no_chat_template)
+    else:
+        prompt_ids = args.prompt_ids
+    params = GenerationParams(
+        max_new_tokens=args.max_new_tokens,
+        block_length=args.block_length,
+        threshold=args.threshold,
+        causal_context=not args.no_causal_context,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        use_adapter=not args.no_lora,
+        reference_semantics=args.reference_semantics,
+    )
+    result = generate(backend, prompt_ids, args.mode, params)
+    record = {
+        "mode": args.mode,
+        "prompt_ids": prompt_ids,
+        "new_ids": result.new_ids,
+        "nfe": result.nfe,
+        "forwards": result.forwards,
+        "tokens_per_forward": round(result.tokens_per_forward, 4),
+        "mean_acceptance_length": result.mean_acceptance_length,
+        "finish_reason": result.finish_reason,
+        "seconds": round(result.seconds, 4),
+    }
+    if tokenizer is not None:
+        record["text"] = tokenizer.decode(result.new_ids)
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(record.get("text", " ".join(map(str, result.new_ids))))
+        print(
+            f"[{args.mode}] {len(result.new_ids)} tokens, nfe {result.nfe}, "
+            f"{record['tokens_per_forward']} tokens/forward, {record['seconds']} s ({result.finish_reason})",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nld", description="Nemotron-Labs-Diffusion toolkit")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_generate(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `nld` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (NLDError, ValueError) as exc:
+        print(f"nld: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Library entry point: decode one prompt with a named mode on a step backend."""
+
+from __future__ import annotations
+
+from nld.modes import MODES, Decoding, Generation, GenerationParams, run_policy
+from nld.modes.quadratic_spec import DEFAULT_BLOCK
+from nld.step import StepBackend
+
+
+def cache_capacity(prompt_length: int, mode: str, params: GenerationParams, block_size: int) -> int:
+    """Slots one request can need: prompt, output, and the widest speculative step beyond them."""
+    block = params.block_length or (DEFAULT_BLOCK if mode == "quadratic-spec" else block_size)
+    widest = block * (block + 1) if mode == "quadratic-spec" else block
+    return prompt_length + params.max_new_tokens + 2 * widest
+
+
+def generate(backend: StepBackend, prompt_ids: list[int], mode: str, params: GenerationParams | None = None) -> Generation:
+    """Decode `prompt_ids` with `mode` (ar | diffusion | linear-spec | quadratic-spec)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")
+    params = params or GenerationParams()
+    cache = backend.new_cache(cache_capacity(len(prompt_ids), mode, params, backend.config.block_size))
+    decoding = Decoding(backend.config, prompt_ids, params, cache, mode, backend.has_adapter)
+    return run_policy(backend, decoding, MODES[mode])
+
+
+def load_backend(
+    model_dir: str, backend: str = "torch", dtype: str = "float32", device: str = "cpu", adapter: bool = True
+) -> StepBackend:
+    """Load a checkpoint folder onto a step backend (only `torch` exists so far)."""
+    from nld.backends import BACKENDS
+    from nld.checkpoint import load_checkpoint
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    checkpoint = load_checkpoint(model_dir, with_adapter=adapter)
+    return BACKENDS[backend].from_checkpoint(checkpoint, dtype=dtype, device=device)

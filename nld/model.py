@@ -1,0 +1,171 @@
+"""The NLD network in PyTorch: Ministral-3 backbone + untied diffusion head, as a pure step function.
+
+`NLDTransformer.forward` has the signature of the exported step network: token ids, positions, an
+additive attention bias over [cached prefix | step tokens], and the past K/V per layer in; hidden
+states and the step's own K/V per layer out. Which tokens attend to which (causal, bidirectional
+within a group, padding) lives entirely in the bias, so one network serves every decoding mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nld.checkpoint import Checkpoint, LoraAdapter
+from nld.config import NLDConfig
+from nld.rope import RotaryEmbedding, apply_rotary
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in float32, as Ministral-3 does."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: NLDConfig) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, self.heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=False)
+        self.lora_a: torch.Tensor | None = None
+        self.lora_b: torch.Tensor | None = None
+        self.lora_scaling = 0.0
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        query_scale: torch.Tensor | None,
+        bias: torch.Tensor,
+        past: KV | None,
+        adapter: bool,
+    ) -> tuple[torch.Tensor, KV]:
+        batch, steps, _ = x.shape
+        q = self.q_proj(x).view(batch, steps, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, steps, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, steps, self.kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = rotary
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if query_scale is not None:
+            q = q * query_scale.to(q.dtype)
+        keys, values = (k, v) if past is None else (torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2))
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.to(q.dtype), enable_gqa=True)
+        out = out.transpose(1, 2).reshape(batch, steps, self.heads * self.head_dim)
+        result = self.o_proj(out)
+        if adapter and self.lora_a is not None and self.lora_b is not None:
+            result = result + F.linear(F.linear(out, self.lora_a), self.lora_b) * self.lora_scaling
+        return result, (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: NLDConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: NLDConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: NLDConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class NLDTransformer(nn.Module):
+    """Backbone (`encoder`) + `diffusion_head`, parameter names as in the released checkpoints."""
+
+    def __init__(self, config: NLDConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.diffusion_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.rotary = RotaryEmbedding(config.rope, config.head_dim)
+        self.has_adapter = False
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: Checkpoint, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    ) -> NLDTransformer:
+        """Build the network on `device` in `dtype` from loaded (validated) checkpoint tensors."""
+        with torch.device("meta"):
+            model = cls(checkpoint.config)
+        weights = dict(checkpoint.weights)
+        if checkpoint.config.tie_word_embeddings:
+            weights["diffusion_head.weight"] = weights["encoder.embed_tokens.weight"]
+        model.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, strict=True, assign=True)
+        model.rotary = RotaryEmbedding(checkpoint.config.rope, checkpoint.config.head_dim)
+        model = model.to(device=device)
+        if checkpoint.adapter is not None:
+            model.attach_adapter(checkpoint.adapter)
+        return model.eval()
+
+    def attach_adapter(self, adapter: LoraAdapter) -> None:
+        """Install the o_proj LoRA; it is applied only in forwards called with `adapter=True`."""
+        weight = self.encoder.embed_tokens.weight
+        for index, layer in enumerate(self.encoder.layers):
+            lora_a, lora_b = adapter.layers[index]
+            layer.self_attn.lora_a = lora_a.to(device=weight.device, dtype=weight.dtype)
+            layer.self_attn.lora_b = lora_b.to(device=weight.device, dtype=weight.dtype)
+            layer.self_attn.lora_scaling = adapter.scaling
+        self.has_adapter = True
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_bias: torch.Tensor,
+        past: list[KV] | None = None,
+        adapter: bool = False,
+    ) -> tuple[torch.Tensor, list[KV]]:
+        """One step. input_ids/position_ids [B, T]; attention_bias [B, 1, T, P+T] (0 or -inf);
+        past: per layer (key, value) [B, KVH, P, D] post-RoPE. Returns (hidden [B, T, H], presents)."""
+        hidden = self.encoder.embed_tokens(input_ids)
+        rotary = self.rotary(position_ids, hidden.dtype)
+        query_scale = self.rotary.query_scale(position_ids)
+        presents: list[KV] = []
+        for index, layer in enumerate(self.encoder.layers):
+            attn_out, present = layer.self_attn(
+                layer.input_layernorm(hidden),
+                rotary,
+                query_scale,
+                attention_bias,
+                None if past is None else past[index],
+                adapter,
+            )
+            presents.append(present)
+            hidden = hidden + attn_out
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return self.encoder.norm(hidden), presents
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Diffusion head over final hidden states; one head serves causal and bidirectional passes."""
+        return self.diffusion_head(hidden)

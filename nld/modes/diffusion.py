@@ -1,0 +1,76 @@
+"""Block diffusion: denoise a block of masks by confidence, commit it causally, repeat."""
+
+from __future__ import annotations
+
+import torch
+
+from nld.modes.ar import LAST
+from nld.modes.base import Decoding, Policy
+from nld.step import bidirectional, causal
+
+
+def even_schedule(masked: int, steps: int) -> list[int]:
+    """How many positions to commit at each of `steps` steps: an even split, remainder front-loaded."""
+    base, remainder = divmod(masked, steps)
+    return [base + (1 if i < remainder else 0) for i in range(steps)]
+
+
+def select_commits(
+    confidence: torch.Tensor, is_mask: torch.Tensor, count: int | None, threshold: float | None
+) -> torch.Tensor:
+    """Bool mask of the masked positions to commit: the top-`count` by confidence, or with a threshold
+    the single most confident plus every other masked position at or above it."""
+    ranked = torch.where(is_mask, confidence, torch.tensor(float("-inf")))
+    if threshold is not None:
+        count = int(is_mask.sum())
+    commit = torch.zeros_like(is_mask)
+    if not count:
+        return commit
+    top = torch.topk(ranked, k=count).indices
+    commit[top[0]] = True
+    for index in top[1:]:
+        if threshold is None or ranked[index] >= threshold:
+            commit[index] = True
+    return commit
+
+
+def eos_blocks_further_work(block: torch.Tensor, decoding: Decoding) -> bool:
+    """True once the block holds an EOS with no mask before it: what follows it cannot matter."""
+    for token in block.tolist():
+        if token == decoding.mask_id:
+            return False
+        if decoding.is_eos(token):
+            return True
+    return False
+
+
+def diffusion_policy(decoding: Decoding) -> Policy:
+    """Released `generate` semantics: nfe = denoising forwards + one commit forward per block."""
+    params = decoding.params
+    length = decoding.block_length()
+    prompt = decoding.prompt
+    context = causal(len(prompt)) if params.causal_context else bidirectional(len(prompt))
+    result = yield decoding.request(prompt, context, write_cache=True, rows=LAST)
+    seed = int(result.token_ids[-1])
+    while True:
+        block = torch.full((length,), decoding.mask_id, dtype=torch.long)
+        if params.causal_context:
+            block[0] = seed
+        schedule = even_schedule(int((block == decoding.mask_id).sum()), length)
+        for step in range(length):
+            is_mask = block == decoding.mask_id
+            if not is_mask.any():
+                break
+            result = yield decoding.request(block, bidirectional(length), write_cache=False)
+            decoding.state.nfe += 1
+            commit = select_commits(result.confidence, is_mask, schedule[step], params.threshold)
+            block = torch.where(commit, result.token_ids, block)
+            if eos_blocks_further_work(block, decoding):
+                break
+        commit_visibility = causal(length) if params.causal_context else bidirectional(length)
+        result = yield decoding.request(block, commit_visibility, write_cache=True, rows=LAST)
+        decoding.state.nfe += 1
+        seed = int(result.token_ids[-1])
+        if decoding.emit(block.tolist()):
+            decoding.state.forwards = decoding.state.nfe
+            return

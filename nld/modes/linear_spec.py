@@ -1,0 +1,58 @@
+"""Linear self-speculation: draft a block bidirectionally (adapter on), verify it causally, accept."""
+
+from __future__ import annotations
+
+import torch
+
+from nld.modes.ar import prefill
+from nld.modes.base import Decoding, Policy
+from nld.step import bidirectional, causal
+
+
+def accepted_length(verified: list[int], block: list[int]) -> int:
+    """Count of verifier tokens to emit: while verified[i] equals the drafted block[i+1], plus one bonus."""
+    accepted = 0
+    while accepted < len(block) - 1 and verified[accepted] == block[accepted + 1]:
+        accepted += 1
+    return accepted + 1
+
+
+def linear_spec_policy(decoding: Decoding) -> Policy:
+    """Released `linear_spec_generate` semantics: nfe counts the prefill, each draft and each verify."""
+    params = decoding.params
+    length = decoding.block_length()
+    threshold = params.threshold or 0.0
+    seed = yield from prefill(decoding)
+    decoding.state.nfe = 1
+    if decoding.emit([seed]):
+        return
+    while True:
+        start = decoding.cache.length
+        block = torch.full((length,), decoding.mask_id, dtype=torch.long)
+        block[0] = seed
+        while True:  # draft; with a threshold, fill iteratively until no mask is left
+            is_mask = block == decoding.mask_id
+            if not is_mask.any():
+                break
+            result = yield decoding.request(block, bidirectional(length), write_cache=False, draft=True)
+            decoding.state.nfe += 1
+            decoding.state.forwards += 1
+            if threshold <= 0:
+                block = torch.where(is_mask, result.token_ids, block)
+                break
+            confidence = torch.where(is_mask, result.confidence, torch.tensor(float("-inf")))
+            fill = confidence >= threshold
+            if not fill.any():
+                fill = torch.zeros_like(is_mask)
+                fill[confidence.argmax()] = True
+            block = torch.where(fill, result.token_ids, block)
+        result = yield decoding.request(block, causal(length), write_cache=True)
+        decoding.state.nfe += 1
+        decoding.state.forwards += 1
+        verified = result.token_ids.tolist()
+        accepted = accepted_length(verified, block.tolist())
+        decoding.state.acceptance_lengths.append(accepted)
+        decoding.cache.crop(start + accepted)
+        seed = verified[accepted - 1]
+        if decoding.emit(verified[:accepted]):
+            return

@@ -1,0 +1,79 @@
+"""Quadratic self-speculation: every forward verifies the current draft and drafts the next one.
+
+Layout of a cycle's forward (B rows of B+1 tokens): row i = [d_i, MASK x B], d_i at position L+i,
+its masks at L+i+1 .. L+i+B. d_i attends to the cache and d_0..d_i (an exact causal chain, so its
+K/V are the AR K/V); the masks of row i attend to the cache, d_0..d_i and their own row.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nld.modes.base import Decoding, Policy
+from nld.step import bidirectional, causal
+
+DEFAULT_BLOCK = 16
+
+
+def first_pass_visibility(prompt_length: int, masks: int) -> torch.Tensor:
+    """[prompt | masks]: the prompt is causal; the masks see the whole prompt and each other."""
+    total = prompt_length + masks
+    visible = torch.zeros(total, total, dtype=torch.bool)
+    visible[:prompt_length, :prompt_length] = causal(prompt_length)
+    visible[prompt_length:, :] = True
+    return visible
+
+
+def cycle_layout(block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(visibility [B(B+1), B(B+1)], position offsets [B(B+1)]) of one quadratic cycle."""
+    row = block + 1
+    total = block * row
+    visible = torch.zeros(total, total, dtype=torch.bool)
+    offsets = torch.zeros(total, dtype=torch.long)
+    chain = torch.arange(block) * row
+    for i in range(block):
+        first = i * row
+        visible[first : first + row, chain[: i + 1]] = True
+        visible[first + 1 : first + row, first + 1 : first + row] = bidirectional(block)
+        offsets[first : first + row] = torch.arange(i, i + row)
+    return visible, offsets
+
+
+def quadratic_spec_policy(decoding: Decoding) -> Policy:
+    """NLD.md's quadratic mode: nfe = 1 (first pass) + cycles; tokens per forward counts cycles only."""
+    block = decoding.block_length(DEFAULT_BLOCK)
+    prompt = decoding.prompt
+    length = len(prompt)
+    masks = torch.full((block,), decoding.mask_id, dtype=torch.long)
+    first = yield decoding.request(
+        torch.cat((prompt, masks)),
+        first_pass_visibility(length, block),
+        write_cache=True,
+        rows=torch.arange(length - 1, length + block),
+    )
+    decoding.state.nfe = 1
+    decoding.cache.crop(length)
+    # Row 0 of `first` is the AR token after the prompt; rows 2.. are the masks at positions L+1 ..
+    draft = torch.cat((first.token_ids[:1], first.token_ids[2:]))
+    visibility, offsets = cycle_layout(block)
+    row = block + 1
+    while True:
+        committed = decoding.cache.length
+        tokens = torch.full((block, row), decoding.mask_id, dtype=torch.long)
+        tokens[:, 0] = draft
+        result = yield decoding.request(
+            tokens.flatten(), visibility, write_cache=True, positions=committed + offsets
+        )
+        decoding.state.nfe += 1
+        decoding.state.forwards += 1
+        predicted = result.token_ids.view(block, row)
+        accepted = 1
+        while accepted < block and int(predicted[accepted - 1, 0]) == int(draft[accepted]):
+            accepted += 1
+        decoding.state.acceptance_lengths.append(accepted)
+        decoding.cache.keep(committed, [i * row for i in range(accepted)])
+        emitted = draft[:accepted].tolist()
+        # The next draft: row accepted-1's AR token, then its diffusion guesses for the tokens after it.
+        draft = torch.cat((predicted[accepted - 1, :1], predicted[accepted - 1, 2:]))
+        if decoding.emit(emitted):
+            return

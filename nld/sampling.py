@@ -1,0 +1,71 @@
+"""Token selection from logits: greedy or temperature / top-p sampling, with optional banned ids.
+
+`select_tokens` returns, per row, the chosen id and its confidence: the model's softmax probability of
+that id (temperature 1, over the vocabulary minus the banned ids). That is the confidence the diffusion
+and self-speculation policies rank positions by.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Sampler:
+    """How a step turns logits into tokens. `banned_ids` are never chosen (the mask id, by default)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    banned_ids: tuple[int, ...] = ()
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def seeded_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
+    """A torch.Generator seeded with `seed`, or None (global RNG) when no seed is given."""
+    if seed is None:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero the tail of each row outside the smallest set whose mass reaches top_p, then renormalise."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+    filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return filtered / filtered.sum(dim=-1, keepdim=True)
+
+
+def select_tokens(logits: torch.Tensor, sampler: Sampler) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row of `logits` [N, V]; return (ids [N] int64, confidence [N] float32)."""
+    logits = logits.float()
+    if sampler.banned_ids:
+        logits = logits.clone()
+        logits[:, list(sampler.banned_ids)] = float("-inf")
+    probs = torch.softmax(logits, dim=-1)
+    if sampler.greedy:
+        ids = logits.argmax(dim=-1)
+    else:
+        tempered = torch.softmax(logits / sampler.temperature, dim=-1)
+        if sampler.top_p < 1:
+            tempered = _top_p_filter(tempered, sampler.top_p)
+        gen = sampler.generator
+        if gen is not None and gen.device != tempered.device:
+            tempered = tempered.to(gen.device)
+        ids = torch.multinomial(tempered, 1, generator=gen).squeeze(-1).to(logits.device)
+    confidence = probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    return ids, confidence

@@ -1,0 +1,78 @@
+"""The step seam: the one primitive every decoding policy is written against.
+
+A step runs the network once over some new tokens of one or more sequences. Each token has a
+position; `visibility[i, j]` says whether new token i attends to new token j (every new token always
+attends to its sequence's whole committed cache). Causal attention is a lower-triangular visibility,
+a bidirectional block an all-true one, quadratic self-speculation a mix. The step may append the new
+tokens' K/V to the cache. It returns, per new token, the selected id and its confidence (and the
+logits only when asked), so a backend never has to ship full-vocabulary logits to the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from nld.config import NLDConfig
+from nld.kv_cache import KVCache
+from nld.sampling import Sampler
+
+
+@dataclass
+class StepRequest:
+    """One sequence's part of a step."""
+
+    cache: KVCache
+    token_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    visibility: torch.Tensor  # [T, T] bool
+    sampler: Sampler
+    write_cache: bool = False
+    adapter: bool = False
+    return_logits: bool = False
+    rows: torch.Tensor | None = None  # indices of the new tokens whose outputs are wanted (None: all)
+
+    def __post_init__(self) -> None:
+        steps = self.token_ids.shape[0]
+        if self.positions.shape != (steps,) or self.visibility.shape != (steps, steps):
+            raise ValueError(
+                f"step shapes disagree: token_ids {tuple(self.token_ids.shape)}, positions "
+                f"{tuple(self.positions.shape)}, visibility {tuple(self.visibility.shape)}"
+            )
+
+
+@dataclass
+class StepResult:
+    """Per wanted row (`StepRequest.rows`, default all): selected id, its confidence, logits if requested."""
+
+    token_ids: torch.Tensor
+    confidence: torch.Tensor
+    logits: torch.Tensor | None = None
+
+
+class StepBackend(Protocol):
+    """What policies see of a backend: a config, caches, and `step`."""
+
+    config: NLDConfig
+    has_adapter: bool
+
+    def new_cache(self, capacity: int) -> KVCache: ...
+
+    def step(self, requests: list[StepRequest]) -> list[StepResult]: ...
+
+
+def causal(steps: int) -> torch.Tensor:
+    """Visibility of a causal span: token i sees tokens <= i."""
+    return torch.ones(steps, steps, dtype=torch.bool).tril()
+
+
+def bidirectional(steps: int) -> torch.Tensor:
+    """Visibility of one bidirectional group: every token sees every other."""
+    return torch.ones(steps, steps, dtype=torch.bool)
+
+
+def block_diagonal(*blocks: torch.Tensor) -> torch.Tensor:
+    """Visibility of consecutive independent spans (no attention across spans)."""
+    return torch.block_diag(*blocks).bool()

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv in the repository and install nld with its dev tools.
+# On CPU machines torch is pinned to the CPU build (scripts/constraints-cpu.txt); set
+# NLD_TORCH_PIN=none to keep whatever torch the environment provides (GPU hosts).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.nld-setup-stamp
+want=$(cat pyproject.toml scripts/constraints-cpu.txt | sha256sum | cut -d' ' -f1)-${NLD_TORCH_PIN:-cpu}
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+echo "==> installing nld and its dependencies into .venv"
+.venv/bin/python -m pip install -q --upgrade pip
+constraints=()
+if [ "${NLD_TORCH_PIN:-cpu}" != "none" ]; then
+  constraints=(-c scripts/constraints-cpu.txt)
+  .venv/bin/python -m pip install -q "${constraints[@]}" torch
+fi
+.venv/bin/python -m pip install -q "${constraints[@]}" -e ".[dev]"
+echo "$want" > "$stamp"

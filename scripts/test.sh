@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up .venv, lint, and run the tests. Default: the fast suite (not slow). `--all`: everything that
+# can run on this machine (slow included; gpu tests skip themselves without CUDA). Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+select=(-m "not slow")
+if [ "${1:-}" = "--all" ]; then
+  select=()
+  shift
+fi
+.venv/bin/ruff check .
+.venv/bin/python -m pytest "${select[@]}" "$@"

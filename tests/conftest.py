@@ -1,0 +1,35 @@
+"""Shared test helpers: where the golden fixtures live, devices to run on, and marker handling."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("NLD_FIXTURES", REPO.parent / "shared" / "fixtures"))
+FIXTURE_CASES = ["tiny_b8", "tiny_b8_eos", "tiny_b8_spec_lora"]
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def fixture_dir(case: str) -> Path:
+    """Folder of a golden case; fails in CI and skips elsewhere when the fixtures are absent."""
+    path = FIXTURES / case
+    if not path.is_dir():
+        message = f"golden fixtures not found at {path} (set NLD_FIXTURES)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device; this machine has none")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
