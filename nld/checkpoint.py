@@ -68,7 +68,7 @@ def _weight_files(model_dir: Path) -> dict[str, Path]:
         return dict.fromkeys(handle.keys(), single)
 
 
-def _open(path: Path):  # noqa: ANN202 - safetensors' handle type is private
+def _open(path: Path):
     try:
         return safe_open(str(path), framework="pt")
     except (SafetensorError, OSError) as exc:

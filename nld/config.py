@@ -154,9 +154,7 @@ def parse_rope(data: dict[str, Any], source: str) -> RopeConfig:
     if beta is not None and llama4_original is None:
         raise fields.fail("original_max_position_embeddings", "is required when llama_4_scaling_beta is set")
     if rope_type == "default":
-        return RopeConfig(
-            theta=theta, llama_4_scaling_beta=beta, original_max_position_embeddings=llama4_original
-        )
+        return RopeConfig(theta=theta, llama_4_scaling_beta=beta, original_max_position_embeddings=llama4_original)
     return RopeConfig(
         theta=theta,
         rope_type=rope_type,
@@ -172,7 +170,9 @@ def parse_rope(data: dict[str, Any], source: str) -> RopeConfig:
     )
 
 
-def parse_config(data: dict[str, Any], generation: dict[str, Any] | None = None, source: str = "config.json") -> NLDConfig:
+def parse_config(
+    data: dict[str, Any], generation: dict[str, Any] | None = None, source: str = "config.json"
+) -> NLDConfig:
     """Validate a config.json dict (plus an optional generation_config.json dict) into an NLDConfig."""
     fields = _Fields(data, source)
     model_type = data.get("model_type")

@@ -14,7 +14,9 @@ def cache_capacity(prompt_length: int, mode: str, params: GenerationParams, bloc
     return prompt_length + params.max_new_tokens + 2 * widest
 
 
-def generate(backend: StepBackend, prompt_ids: list[int], mode: str, params: GenerationParams | None = None) -> Generation:
+def generate(
+    backend: StepBackend, prompt_ids: list[int], mode: str, params: GenerationParams | None = None
+) -> Generation:
     """Decode `prompt_ids` with `mode` (ar | diffusion | linear-spec | quadratic-spec)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")

@@ -100,5 +100,6 @@ class TorchBackend:
             ids, confidence = select_tokens(logits, request.sampler)
             if request.write_cache:
                 request.cache.append([(k[row, :, :count], v[row, :, :count]) for k, v in presents])
-            results.append(StepResult(ids, confidence, logits if request.return_logits else None))
+            # Results live on the host: policies are device-agnostic and read a few ids per token.
+            results.append(StepResult(ids.cpu(), confidence.cpu(), logits.cpu() if request.return_logits else None))
         return results

@@ -77,7 +77,12 @@ class Decoding:
     """A policy's view of one request: settings, its KV cache, and helpers to build steps and emit."""
 
     def __init__(
-        self, config: NLDConfig, prompt_ids: list[int], params: GenerationParams, cache: KVCache, mode: str,
+        self,
+        config: NLDConfig,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        cache: KVCache,
+        mode: str,
         has_adapter: bool,
     ) -> None:
         if not prompt_ids:

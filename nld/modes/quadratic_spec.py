@@ -61,9 +61,7 @@ def quadratic_spec_policy(decoding: Decoding) -> Policy:
         committed = decoding.cache.length
         tokens = torch.full((block, row), decoding.mask_id, dtype=torch.long)
         tokens[:, 0] = draft
-        result = yield decoding.request(
-            tokens.flatten(), visibility, write_cache=True, positions=committed + offsets
-        )
+        result = yield decoding.request(tokens.flatten(), visibility, write_cache=True, positions=committed + offsets)
         decoding.state.nfe += 1
         decoding.state.forwards += 1
         predicted = result.token_ids.view(block, row)
