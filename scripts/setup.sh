@@ -14,12 +14,19 @@ want=$(cat pyproject.toml scripts/constraints-cpu.txt | sha256sum | cut -d' ' -f
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-echo "==> installing nld and its dependencies into .venv"
-.venv/bin/python -m pip install -q --upgrade pip
+log=.venv/setup.log
+echo "==> installing nld and its dependencies into .venv (log: $log)"
 constraints=()
 if [ "${NLD_TORCH_PIN:-cpu}" != "none" ]; then
   constraints=(-c scripts/constraints-cpu.txt)
-  .venv/bin/python -m pip install -q "${constraints[@]}" torch
 fi
-.venv/bin/python -m pip install -q "${constraints[@]}" -e ".[dev]"
+if ! {
+  .venv/bin/python -m pip install --upgrade pip &&
+  if [ ${#constraints[@]} -gt 0 ]; then .venv/bin/python -m pip install "${constraints[@]}" torch; fi &&
+  .venv/bin/python -m pip install "${constraints[@]}" -e ".[dev]"
+} >"$log" 2>&1; then
+  tail -n 30 "$log" >&2
+  echo "setup: installation failed; full log in $log" >&2
+  exit 1
+fi
 echo "$want" > "$stamp"
