@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from nld.config import NLDConfig, load_config
-from nld.errors import CheckpointError, ConfigError
+from nld.config import JsonFields, NLDConfig, load_config, read_json
+from nld.errors import CheckpointError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -131,26 +131,19 @@ def load_adapter(adapter_dir: str | Path, config: NLDConfig) -> LoraAdapter:
     """Read `linear_spec_lora/` (adapter_config.json + adapter_model.safetensors) and validate it."""
     adapter_dir = Path(adapter_dir)
     config_path = adapter_dir / "adapter_config.json"
-    try:
-        data = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{config_path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{config_path}: not valid JSON ({exc})") from None
+    data = read_json(config_path)
+    fields = JsonFields(data, str(config_path))
     if data.get("peft_type", "LORA") != "LORA":
-        raise ConfigError(f"{config_path}: field 'peft_type' must be 'LORA', got {data.get('peft_type')!r}")
-    rank, alpha = data.get("r"), data.get("lora_alpha")
-    if not isinstance(rank, int) or rank <= 0:
-        raise ConfigError(f"{config_path}: field 'r' must be a positive integer, got {rank!r}")
-    if not isinstance(alpha, (int, float)) or alpha <= 0:
-        raise ConfigError(f"{config_path}: field 'lora_alpha' must be a positive number, got {alpha!r}")
+        raise fields.fail("peft_type", f"must be 'LORA', got {data.get('peft_type')!r}")
+    rank = fields.int("r", required=True, minimum=1)
+    alpha = fields.float("lora_alpha", required=True, positive=True)
     targets = data.get("target_modules")
     if isinstance(targets, str):
         targets = [targets]
     if not isinstance(targets, list) or sorted(targets) != ["o_proj"]:
-        raise ConfigError(f"{config_path}: field 'target_modules' must be ['o_proj'], got {targets!r}")
+        raise fields.fail("target_modules", f"must be ['o_proj'], got {targets!r}")
     if data.get("use_dora"):
-        raise ConfigError(f"{config_path}: field 'use_dora' is not supported (plain LoRA only)")
+        raise fields.fail("use_dora", "is not supported (plain LoRA only)")
     scaling = alpha / rank**0.5 if data.get("use_rslora") else alpha / rank
 
     weights_path = adapter_dir / "adapter_model.safetensors"
@@ -174,7 +167,7 @@ def load_adapter(adapter_dir: str | Path, config: NLDConfig) -> LoraAdapter:
     for layer in range(config.num_hidden_layers):
         stem = f"{ADAPTER_PREFIX}encoder.layers.{layer}.self_attn.o_proj"
         layers[layer] = (tensors[f"{stem}.lora_A.weight"], tensors[f"{stem}.lora_B.weight"])
-    return LoraAdapter(rank=rank, alpha=float(alpha), scaling=scaling, layers=layers, path=adapter_dir)
+    return LoraAdapter(rank=rank, alpha=alpha, scaling=scaling, layers=layers, path=adapter_dir)
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,8 @@ class NLDConfig:
         return self.num_attention_heads // self.num_key_value_heads
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """Parse a JSON object file; errors name the file."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -77,7 +78,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-class _Fields:
+class JsonFields:
     """Typed accessors over one JSON object that name the file and field in every error."""
 
     def __init__(self, data: dict[str, Any], source: str) -> None:
@@ -127,7 +128,7 @@ class _Fields:
         return value
 
 
-def _eos_ids(value: Any, fields: _Fields, name: str) -> tuple[int, ...]:
+def _eos_ids(value: Any, fields: JsonFields, name: str) -> tuple[int, ...]:
     if value is None:
         return ()
     ids = value if isinstance(value, list) else [value]
@@ -146,7 +147,7 @@ def parse_rope(data: dict[str, Any], source: str) -> RopeConfig:
         params.setdefault("rope_type", params.pop("type", "default"))
     if not isinstance(params, dict):
         raise ConfigError(f"{source}: field 'rope_parameters' must be an object, got {params!r}")
-    fields = _Fields(params, f"{source} (rope_parameters)")
+    fields = JsonFields(params, f"{source} (rope_parameters)")
     rope_type = fields.choice("rope_type", ROPE_TYPES, "default")
     theta = fields.float("rope_theta", required=True, positive=True)
     beta = fields.float("llama_4_scaling_beta")
@@ -174,7 +175,7 @@ def parse_config(
     data: dict[str, Any], generation: dict[str, Any] | None = None, source: str = "config.json"
 ) -> NLDConfig:
     """Validate a config.json dict (plus an optional generation_config.json dict) into an NLDConfig."""
-    fields = _Fields(data, source)
+    fields = JsonFields(data, source)
     model_type = data.get("model_type")
     if model_type != MODEL_TYPE:
         raise fields.fail("model_type", f"must be '{MODEL_TYPE}', got {model_type!r}")
@@ -196,7 +197,7 @@ def parse_config(
     mask_id = fields.int("mask_token_id", required=True)
     if mask_id >= vocab:
         raise fields.fail("mask_token_id", f"({mask_id}) must be < vocab_size ({vocab})")
-    gen_fields = _Fields(generation or {}, "generation_config.json")
+    gen_fields = JsonFields(generation or {}, "generation_config.json")
     eos = _eos_ids((generation or {}).get("eos_token_id"), gen_fields, "eos_token_id")
     if not eos:
         eos = _eos_ids(data.get("eos_token_id"), fields, "eos_token_id")
@@ -232,7 +233,7 @@ def load_config(model_dir: str | Path) -> NLDConfig:
     if not model_dir.is_dir():
         raise ConfigError(f"{model_dir}: not a checkpoint directory")
     config_path = model_dir / "config.json"
-    data = _read_json(config_path)
+    data = read_json(config_path)
     generation_path = model_dir / "generation_config.json"
-    generation = _read_json(generation_path) if generation_path.exists() else None
+    generation = read_json(generation_path) if generation_path.exists() else None
     return parse_config(data, generation, source=str(config_path))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jinja2
 import jinja2.sandbox
 from tokenizers import Tokenizer
 
+from nld.config import read_json
 from nld.errors import ConfigError
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -37,10 +37,7 @@ class NLDTokenizer:
         template, special = None, {}
         config_path = model_dir / TOKENIZER_CONFIG_FILE
         if config_path.exists():
-            try:
-                data = json.loads(config_path.read_text())
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{config_path}: not valid JSON ({exc})") from None
+            data = read_json(config_path)
             template = data.get("chat_template")
             if template is not None and not isinstance(template, str):
                 raise ConfigError(f"{config_path}: field 'chat_template' must be a string")
