@@ -6,11 +6,15 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from nld.backends.torch_backend import DTYPES
 from nld.errors import NLDError
+from nld.evaluate import evaluate_modes, held_out_token_stream, markdown_table, perplexity, sample_prompts, write_report
 from nld.generate import generate, load_backend
+from nld.models import default_model_dir
 from nld.modes import MODES, GenerationParams
+from nld.tiny.data import stdlib_corpus
 from nld.tokenizer import NLDTokenizer
 
 
@@ -23,7 +27,7 @@ def _prompt_ids(text: str) -> list[int]:
 
 def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("generate", help="decode one prompt with a chosen mode")
-    parser.add_argument("--model", required=True, help="NLD checkpoint folder (config.json, model.safetensors)")
+    _add_model_options(parser)
     parser.add_argument("--mode", choices=list(MODES), default="linear-spec")
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (needs tokenizer.json; chat template applied when present)")
@@ -42,20 +46,62 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="behave exactly as the released reference code (mask id may be emitted; linear-spec may overshoot)",
     )
-    parser.add_argument("--backend", default="torch", help="step backend (torch)")
-    parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)} (or fp32, bf16, fp16)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=run_generate)
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="NLD checkpoint folder (default: the built-in tiny model)")
+    parser.add_argument("--backend", default="torch", help="step backend (torch)")
+    parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)} (or fp32, bf16, fp16)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+
+
+def _model_dir(args: argparse.Namespace) -> str:
+    return args.model or str(default_model_dir())
+
+
+def _add_eval(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help="per-mode perplexity, tokens/forward, acceptance, speed")
+    _add_model_options(parser)
+    parser.add_argument("--prompts", type=int, default=32, help="held-out prompts per mode")
+    parser.add_argument("--prompt-length", type=int, default=64, help="tokens per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--block-length", type=int, help="block size (default: the config's)")
+    parser.add_argument("--perplexity-windows", type=int, default=32, help="held-out windows of 256 tokens")
+    parser.add_argument("--no-lora", action="store_true", help="ignore the draft adapter")
+    parser.add_argument("--out", type=Path, default=Path("eval.json"), help="JSON report path")
+    parser.set_defaults(handler=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """`nld eval`: held-out prompts from the stdlib corpus's held-out split, every mode, table + JSON."""
+    model = _model_dir(args)
+    backend = load_backend(model, args.backend, args.dtype, args.device, adapter=not args.no_lora)
+    tokenizer = NLDTokenizer.from_dir(model)
+    if tokenizer is None:
+        raise NLDError(f"{model}: no tokenizer.json; nld eval draws held-out prompts as text")
+    files = stdlib_corpus().held_out
+    stream = held_out_token_stream(lambda text: tokenizer.tokenizer.encode(text, add_special_tokens=False).ids, files)
+    prompts = sample_prompts(stream, args.prompts, args.prompt_length)
+    ppl = perplexity(backend, sample_prompts(stream, args.perplexity_windows, 256, seed=1))
+    reports = evaluate_modes(backend, prompts, args.max_new_tokens, args.block_length)
+    print(markdown_table(reports, ppl))
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "handler"}
+    settings["model"] = model
+    write_report(args.out, reports, ppl, settings)
+    print(f"\nwrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def run_generate(args: argparse.Namespace) -> int:
     """`nld generate`: load, encode, decode, print."""
-    backend = load_backend(args.model, args.backend, args.dtype, args.device, adapter=not args.no_lora)
-    tokenizer = NLDTokenizer.from_dir(args.model)
+    model = _model_dir(args)
+    backend = load_backend(model, args.backend, args.dtype, args.device, adapter=not args.no_lora)
+    tokenizer = NLDTokenizer.from_dir(model)
     if args.prompt is not None:
         if tokenizer is None:
-            raise NLDError(f"{args.model}: no tokenizer.json, so --prompt cannot be encoded; use --prompt-ids")
+            raise NLDError(f"{model}: no tokenizer.json, so --prompt cannot be encoded; use --prompt-ids")
         prompt_ids = tokenizer.encode_prompt(args.prompt, chat=not args.no_chat_template)
     else:
         prompt_ids = args.prompt_ids
@@ -100,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nld", description="Nemotron-Labs-Diffusion toolkit")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_generate(subparsers)
+    _add_eval(subparsers)
     return parser
 
 

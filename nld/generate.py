@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from nld.modes import MODES, Decoding, Generation, GenerationParams, run_policy
-from nld.modes.quadratic_spec import DEFAULT_BLOCK
+from nld.modes.quadratic_spec import default_block
 from nld.step import StepBackend
 
 
 def cache_capacity(prompt_length: int, mode: str, params: GenerationParams, block_size: int) -> int:
     """Slots one request can need: prompt, output, and the widest speculative step beyond them."""
-    block = params.block_length or (DEFAULT_BLOCK if mode == "quadratic-spec" else block_size)
+    block = params.block_length or (default_block(block_size) if mode == "quadratic-spec" else block_size)
     widest = block * (block + 1) if mode == "quadratic-spec" else block
     return prompt_length + params.max_new_tokens + 2 * widest
 

@@ -12,7 +12,11 @@ import torch
 from nld.modes.base import Decoding, Policy
 from nld.step import bidirectional, causal
 
-DEFAULT_BLOCK = 16
+DEFAULT_BLOCK = 16  # capped at the checkpoint's block_size
+
+
+def default_block(block_size: int) -> int:
+    return min(DEFAULT_BLOCK, block_size)
 
 
 def first_pass_visibility(prompt_length: int, masks: int) -> torch.Tensor:
@@ -41,7 +45,7 @@ def cycle_layout(block: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def quadratic_spec_policy(decoding: Decoding) -> Policy:
     """NLD.md's quadratic mode: nfe = 1 (first pass) + cycles; tokens per forward counts cycles only."""
-    block = decoding.block_length(DEFAULT_BLOCK)
+    block = decoding.block_length(default_block(decoding.config.block_size))
     prompt = decoding.prompt
     length = len(prompt)
     masks = torch.full((block,), decoding.mask_id, dtype=torch.long)

@@ -1,0 +1,130 @@
+"""Evaluate a model per decoding mode on held-out prompts: perplexity, tokens/forward, acceptance, speed.
+
+Prompts come from the held-out split of the tiny model's corpus (Python stdlib files that training
+never sees), tokenized with the model's own tokenizer, or from token-id lists given by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nld.generate import generate
+from nld.modes import MODES, GenerationParams
+from nld.sampling import Sampler
+from nld.step import StepBackend, StepRequest, causal
+
+
+@dataclass
+class ModeReport:
+    mode: str
+    adapter: bool
+    prompts: int
+    new_tokens: int
+    forwards: int
+    nfe: int
+    tokens_per_forward: float
+    mean_acceptance_length: float | None
+    tokens_per_second: float
+    equals_ar: int
+
+
+def held_out_token_stream(tokenizer_encode, files: list[Path]) -> list[int]:
+    stream: list[int] = []
+    for path in files:
+        stream += tokenizer_encode(path.read_text(encoding="utf-8", errors="replace"))
+    return stream
+
+
+def sample_prompts(stream: list[int], count: int, length: int, seed: int = 0) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(stream) - length, (count,), generator=generator).tolist()
+    return [stream[s : s + length] for s in starts]
+
+
+def perplexity(backend: StepBackend, windows: list[list[int]]) -> float:
+    """exp(mean next-token cross-entropy) of causal forwards over `windows`."""
+    total, count = 0.0, 0
+    for window in windows:
+        ids = torch.tensor(window)
+        request = StepRequest(
+            backend.new_cache(len(window)),
+            ids,
+            torch.arange(len(window)),
+            causal(len(window)),
+            Sampler(),
+            return_logits=True,
+        )
+        logits = backend.step([request])[0].logits
+        assert logits is not None
+        total += F.cross_entropy(logits[:-1].float(), ids[1:], reduction="sum").item()
+        count += len(window) - 1
+    return math.exp(total / count)
+
+
+def evaluate_modes(
+    backend: StepBackend, prompts: list[list[int]], max_new_tokens: int, block_length: int | None = None
+) -> list[ModeReport]:
+    """Run every mode (and linear-spec without the adapter, when there is one) on every prompt."""
+    runs = [(mode, True) for mode in MODES]
+    if backend.has_adapter:
+        runs.insert(runs.index(("linear-spec", True)) + 1, ("linear-spec", False))
+    reference: list[list[int]] = []
+    reports = []
+    for mode, adapter in runs:
+        params = GenerationParams(max_new_tokens=max_new_tokens, block_length=block_length, use_adapter=adapter)
+        results = [generate(backend, prompt, mode, params) for prompt in prompts]
+        if mode == "ar":
+            reference = [r.new_ids for r in results]
+        acceptances = [r.mean_acceptance_length for r in results if r.mean_acceptance_length is not None]
+        tokens = sum(len(r.new_ids) for r in results)
+        forwards = sum(r.forwards for r in results)
+        reports.append(
+            ModeReport(
+                mode=mode,
+                adapter=adapter and backend.has_adapter and mode == "linear-spec",
+                prompts=len(prompts),
+                new_tokens=tokens,
+                forwards=forwards,
+                nfe=sum(r.nfe for r in results),
+                tokens_per_forward=tokens / forwards,
+                mean_acceptance_length=sum(acceptances) / len(acceptances) if acceptances else None,
+                tokens_per_second=tokens / sum(r.seconds for r in results),
+                equals_ar=sum(r.new_ids == ref for r, ref in zip(results, reference, strict=True)),
+            )
+        )
+    return reports
+
+
+def markdown_table(reports: list[ModeReport], ppl: float) -> str:
+    lines = [
+        f"held-out AR perplexity: {ppl:.2f}",
+        "",
+        "| mode | draft adapter | tokens/forward | mean acceptance | tokens/s | greedy output = AR |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        acceptance = "-" if r.mean_acceptance_length is None else f"{r.mean_acceptance_length:.2f}"
+        adapter = "yes" if r.adapter else ("no" if r.mode == "linear-spec" else "-")
+        lines.append(
+            f"| {r.mode} | {adapter} | {r.tokens_per_forward:.2f} | {acceptance} | {r.tokens_per_second:.0f} "
+            f"| {r.equals_ar}/{r.prompts} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(path: Path, reports: list[ModeReport], ppl: float, settings: dict) -> None:
+    record = {
+        "held_out_perplexity": ppl,
+        "settings": settings,
+        "machine": {"processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
+        "modes": [asdict(r) for r in reports],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")

@@ -1,0 +1,74 @@
+"""The tiny model's corpus: the Python standard library's own source, split by file into train / held-out.
+
+Every machine with CPython has this data without downloads. The split is a hash of each file's path
+relative to the stdlib root, so it is the same everywhere; the corpus itself is the running
+interpreter's stdlib (record its version with the model: another version is other data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+EXCLUDED_PARTS = frozenset({"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"})
+HELD_OUT_EVERY = 20  # one file in 20 (by path hash) never reaches training
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<mask>")  # ids 0..3: pad, BOS, EOS, mask
+
+
+@dataclass(frozen=True)
+class Corpus:
+    root: Path
+    train: list[Path]
+    held_out: list[Path]
+    python_version: str
+
+
+def is_held_out(relative: str) -> bool:
+    """Whether a stdlib file (path relative to the stdlib root) belongs to the held-out split."""
+    return int(hashlib.sha1(relative.encode()).hexdigest(), 16) % HELD_OUT_EVERY == 0
+
+
+def stdlib_corpus(root: Path | None = None) -> Corpus:
+    """The .py files of the standard library (tests, IDLE and site-packages excluded), split by path hash."""
+    root = Path(root or sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py") if not EXCLUDED_PARTS & set(p.relative_to(root).parts))
+    if not files:
+        raise FileNotFoundError(f"no Python sources under {root}")
+    train = [p for p in files if not is_held_out(str(p.relative_to(root)))]
+    held_out = [p for p in files if is_held_out(str(p.relative_to(root)))]
+    return Corpus(root, train, held_out, platform.python_version())
+
+
+def read_source(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def train_tokenizer(files: list[Path], vocab_size: int) -> Tokenizer:
+    """Byte-level BPE over `files` with pad/BOS/EOS/mask specials; encoding prepends BOS."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator((read_source(path) for path in files), trainer)
+    bos = SPECIAL_TOKENS[1]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tokenizer.token_to_id(bos))]
+    )
+    return tokenizer
+
+
+def encode_files(tokenizer: Tokenizer, files: list[Path]) -> list[list[int]]:
+    """Each file as [BOS] + tokens + [EOS]."""
+    eos = tokenizer.token_to_id(SPECIAL_TOKENS[2])
+    encodings = tokenizer.encode_batch([read_source(path) for path in files])
+    return [[*encoding.ids, eos] for encoding in encodings]

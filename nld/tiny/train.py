@@ -1,0 +1,254 @@
+"""Train the built-in tiny NLD model on CPU: AR warm-up, the NLD recipe, then the draft adapter.
+
+Resumable: the run keeps `state.pt` in its work directory (written atomically every few minutes and at
+each phase end); rerunning with the same settings continues where it stopped. The finished checkpoint
+is written to a temporary directory and renamed into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from nld.config import parse_config
+from nld.model import NLDTransformer
+from nld.tiny.data import SPECIAL_TOKENS, encode_files, stdlib_corpus, train_tokenizer
+from nld.tiny.draft_adapter import DraftAdapterSettings, distill_draft_adapter
+from nld.tiny.model_files import nld_config_json, write_checkpoint
+from nld.tiny.recipe import NoiseSchedule, doubled_sequence_visibility, recipe_loss
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Every knob of a run; recorded in the checkpoint's training.json."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 256
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 4
+    intermediate_size: int = 768
+    max_position_embeddings: int = 1024
+    block_size: int = 8
+    seq_len: int = 256
+    batch_size: int = 16
+    ar_steps: int = 1300
+    nld_steps: int = 600
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    diffusion_weight: float = 0.3
+    keep_seed_prob: float = 0.9
+    full_mask_prob: float = 0.3
+    bf16_autocast: bool = True
+    seed: int = 0
+    threads: int = 2
+    adapter: DraftAdapterSettings = dataclasses.field(default_factory=DraftAdapterSettings)
+
+    def shape(self) -> dict:
+        return {
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.hidden_size // self.num_attention_heads,
+            "intermediate_size": self.intermediate_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": 1e-5,
+            "block_size": self.block_size,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        }
+
+
+Log = Callable[[str], None]
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    partial = path.with_suffix(".partial")
+    torch.save(obj, partial)
+    os.replace(partial, path)
+
+
+def prepare_data(work: Path, settings: TrainSettings, log: Log) -> tuple[Path, torch.Tensor, torch.Tensor]:
+    """Tokenizer + token streams (train, held-out), cached in `work` and reused on rerun."""
+    corpus = stdlib_corpus()
+    tokenizer_path = work / "tokenizer.json"
+    streams = work / "tokens.npz"
+    if not tokenizer_path.exists() or not streams.exists():
+        log(f"corpus: {len(corpus.train)} train / {len(corpus.held_out)} held-out files from {corpus.root}")
+        started = time.perf_counter()
+        tokenizer = train_tokenizer(corpus.train, settings.vocab_size)
+        train = np.concatenate([np.asarray(ids, np.int32) for ids in encode_files(tokenizer, corpus.train)])
+        held = np.concatenate([np.asarray(ids, np.int32) for ids in encode_files(tokenizer, corpus.held_out)])
+        np.savez(work / "tokens.partial.npz", train=train, held_out=held)
+        tokenizer.save(str(work / "tokenizer.partial.json"))
+        os.replace(work / "tokens.partial.npz", streams)
+        os.replace(work / "tokenizer.partial.json", tokenizer_path)
+        log(f"tokenizer + encoding: {time.perf_counter() - started:.0f} s")
+    data = np.load(streams)
+    train, held = torch.from_numpy(data["train"].astype(np.int64)), torch.from_numpy(data["held_out"].astype(np.int64))
+    log(f"tokens: {len(train):,} train, {len(held):,} held-out (vocab {settings.vocab_size})")
+    return tokenizer_path, train, held
+
+
+def new_model(settings: TrainSettings, mask_id: int, generator: torch.Generator) -> NLDTransformer:
+    """Randomly initialised NLD network of the configured shape (std 0.02, residual outputs scaled down)."""
+    config = parse_config({"model_type": "nemotron_labs_diffusion", "mask_token_id": mask_id, **settings.shape()})
+    model = NLDTransformer(config)
+    residual_std = 0.02 / math.sqrt(2 * settings.num_hidden_layers)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 1:
+                parameter.fill_(1.0)
+            else:
+                std = residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+    return model
+
+
+def sample_windows(stream: torch.Tensor, rows: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    starts = torch.randint(0, len(stream) - length, (rows,), generator=generator)
+    return torch.stack([stream[s : s + length] for s in starts.tolist()])
+
+
+def learning_rate(settings: TrainSettings, step: int, steps: int) -> float:
+    if step < settings.warmup_steps:
+        return settings.lr * (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(1, steps - settings.warmup_steps)
+    return settings.lr * (
+        settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    )
+
+
+def _additive(visible: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))[None, None]
+
+
+def ar_loss(model: NLDTransformer, tokens: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    positions = torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1)
+    hidden, _ = model(tokens, positions, bias)
+    logits = model.logits(hidden)[:, :-1]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
+    return loss, {"ar_loss": loss.item()}
+
+
+def held_out_perplexity(model: NLDTransformer, held: torch.Tensor, length: int, windows: int = 32) -> float:
+    """exp(mean next-token loss) over fixed held-out windows."""
+    generator = torch.Generator().manual_seed(1234)
+    tokens = sample_windows(held, windows, length, generator)
+    bias = _additive(torch.ones(length, length, dtype=torch.bool).tril())
+    with torch.no_grad():
+        loss, _ = ar_loss(model, tokens, bias)
+    return math.exp(loss.item())
+
+
+def train(output: Path, work: Path, settings: TrainSettings | None = None, log: Log = print) -> Path:
+    """Run (or resume) the whole recipe and write the checkpoint to `output`."""
+    settings = settings or TrainSettings()
+    torch.set_num_threads(settings.threads)
+    work.mkdir(parents=True, exist_ok=True)
+    tokenizer_path, train_stream, held_stream = prepare_data(work, settings, log)
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    pad_id, bos_id, eos_id, mask_id = (tokenizer.token_to_id(t) for t in SPECIAL_TOKENS)
+    generator = torch.Generator().manual_seed(settings.seed)
+    model = new_model(settings, mask_id, generator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    state_path = work / "state.pt"
+    record = dataclasses.asdict(settings)
+    step, history = 0, []
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        base_settings = {k: v for k, v in record.items() if k != "adapter"}  # the adapter phase always reruns
+        if {k: v for k, v in state["settings"].items() if k != "adapter"} != base_settings:
+            raise ValueError(f"{state_path} was made with other settings: delete {work} to start afresh")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step, history = state["step"], state["history"]
+        log(f"resuming at step {step}")
+
+    phases = [("ar", settings.ar_steps), ("nld", settings.nld_steps)]
+    total = sum(steps for _, steps in phases)
+    causal_bias = _additive(torch.ones(settings.seq_len, settings.seq_len, dtype=torch.bool).tril())
+    doubled_bias = _additive(doubled_sequence_visibility(settings.seq_len, settings.block_size))
+    schedule = NoiseSchedule(settings.block_size, settings.keep_seed_prob, settings.full_mask_prob)
+    last_save = started = time.perf_counter()
+    done_at_start = step
+    model.train()
+    while step < total:
+        phase, phase_start = ("ar", 0) if step < settings.ar_steps else ("nld", settings.ar_steps)
+        phase_steps = dict(phases)[phase]
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(settings, step - phase_start, phase_steps)
+        tokens = sample_windows(train_stream, settings.batch_size, settings.seq_len, generator)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16_autocast):
+            if phase == "ar":
+                loss, stats = ar_loss(model, tokens, causal_bias)
+            else:
+                loss, stats = recipe_loss(
+                    model, tokens, schedule, mask_id, settings.diffusion_weight, generator, doubled_bias
+                )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        step += 1
+        history.append({"step": step, "phase": phase, "loss": loss.item(), **stats})
+        now = time.perf_counter()
+        if step % 25 == 0 or step == total:
+            rate = (step - done_at_start) / (now - started)
+            eta = (total - step) / rate
+            details = " ".join(f"{k} {v:.3f}" for k, v in stats.items())
+            log(
+                f"[{phase}] step {step}/{total} loss {loss.item():.3f} {details} "
+                f"| {1 / rate:.2f} s/step, ETA {eta / 60:.1f} min"
+            )
+        if now - last_save > 180 or step in (settings.ar_steps, total):
+            state = {
+                "settings": record,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "step": step,
+                "history": history,
+            }
+            _atomic_save(state, state_path)
+            last_save = now
+    model.eval()
+    perplexity = held_out_perplexity(model, held_stream, settings.seq_len)
+    log(f"held-out AR perplexity: {perplexity:.2f}")
+
+    adapter = distill_draft_adapter(model, train_stream, held_stream, settings.adapter, work, log)
+    weights = {name: tensor for name, tensor in model.state_dict().items() if "lora" not in name}
+    config = nld_config_json(settings.shape(), mask_id, bos_id, eos_id, pad_id)
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "mask_token": "<mask>"}
+    report = {
+        "settings": record,
+        "held_out_perplexity": perplexity,
+        "final": history[-1],
+        "adapter": adapter.report if adapter else None,
+        "python": stdlib_corpus().python_version,
+    }
+    return write_checkpoint(
+        output,
+        config,
+        weights,
+        tokenizer_path,
+        specials,
+        adapter=(adapter.config, adapter.weights) if adapter and adapter.keep else None,
+        extra_files={"training.json": json.dumps(report, indent=2) + "\n"},
+    )

@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""Train the built-in tiny NLD model (CPU, ~1 hour on 2 cores) into nld/models/tiny.
+
+Rerun to resume an interrupted run (state in --work). `--quick` runs a few steps of every phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from nld.tiny.draft_adapter import DraftAdapterSettings
+from nld.tiny.train import TrainSettings, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", type=Path, default=REPO / "nld" / "models" / "tiny")
+    parser.add_argument("--work", type=Path, default=REPO / "build" / "tiny-train")
+    parser.add_argument("--quick", action="store_true", help="smoke run: a few steps per phase")
+    args = parser.parse_args()
+    settings = TrainSettings()
+    if args.quick:
+        adapter = DraftAdapterSettings(chunks=2, chunk_rows=32, check_prompts=2, check_tokens=16)
+        settings = dataclasses.replace(settings, ar_steps=4, nld_steps=4, warmup_steps=2, adapter=adapter)
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {message}", flush=True)
+
+    output = train(args.output, args.work, settings, log)
+    log(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

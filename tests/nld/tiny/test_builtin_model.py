@@ -1,0 +1,77 @@
+"""The built-in tiny model: shipped with the package, default for --model, and self-speculation pays."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nld.checkpoint import load_checkpoint
+from nld.evaluate import evaluate_modes, held_out_token_stream, sample_prompts
+from nld.generate import load_backend
+from nld.models import BUILTIN_MODEL
+from nld.tiny.data import stdlib_corpus
+from nld.tokenizer import NLDTokenizer
+
+pytestmark = pytest.mark.skipif(not (BUILTIN_MODEL / "config.json").exists(), reason="built-in model not trained")
+
+
+def test_builtin_model_layout() -> None:
+    checkpoint = load_checkpoint(BUILTIN_MODEL)
+    config = checkpoint.config
+    assert config.hidden_size % 128 == 0 and config.intermediate_size % 128 == 0
+    assert config.num_attention_heads % 4 == 0 and config.num_key_value_heads % 4 == 0
+    size = sum(p.stat().st_size for p in BUILTIN_MODEL.rglob("*") if p.is_file())
+    assert size <= 25 * 2**20
+    assert (BUILTIN_MODEL / "tokenizer.json").exists() and (BUILTIN_MODEL / "training.json").exists()
+
+
+def test_generate_without_model_argument_prints_python() -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nld.cli",
+            "generate",
+            "--prompt",
+            "def fibonacci(n):",
+            "--mode",
+            "linear-spec",
+            "--max-new-tokens",
+            "48",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    text = json.loads(run.stdout)["text"]
+    assert any(keyword in text for keyword in ("return", "if ", "for ", "self", "(")), text
+
+
+@pytest.fixture(scope="module")
+def held_out_reports() -> dict:
+    backend = load_backend(str(BUILTIN_MODEL))
+    tokenizer = NLDTokenizer.from_dir(BUILTIN_MODEL)
+    assert tokenizer is not None
+    stream = held_out_token_stream(
+        lambda text: tokenizer.tokenizer.encode(text, add_special_tokens=False).ids, stdlib_corpus().held_out
+    )
+    prompts = sample_prompts(stream, 16, 64, seed=5)
+    return {(r.mode, r.adapter): r for r in evaluate_modes(backend, prompts, max_new_tokens=48)}
+
+
+def test_self_speculation_equals_ar_on_held_out_prompts(held_out_reports: dict) -> None:
+    for (mode, _), report in held_out_reports.items():
+        if mode in ("linear-spec", "quadratic-spec"):
+            assert report.equals_ar == report.prompts, mode
+
+
+def test_acceptance_targets_on_held_out_prompts(held_out_reports: dict) -> None:
+    adapter = load_checkpoint(BUILTIN_MODEL).adapter is not None
+    linear = held_out_reports[("linear-spec", adapter)]
+    quadratic = held_out_reports[("quadratic-spec", False)]
+    assert linear.mean_acceptance_length >= 2.5
+    assert quadratic.tokens_per_forward >= 2.0

@@ -1,0 +1,83 @@
+"""The training recipe: the doubled-sequence mask, the noising, and a loss that learns."""
+
+from __future__ import annotations
+
+import torch
+
+from nld.config import parse_config
+from nld.model import NLDTransformer
+from nld.tiny.data import SPECIAL_TOKENS, is_held_out, stdlib_corpus
+from nld.tiny.recipe import NoiseSchedule, add_noise, doubled_sequence_visibility, recipe_loss
+
+
+def test_doubled_sequence_visibility_follows_the_recipe() -> None:
+    length, block = 8, 4
+    visible = doubled_sequence_visibility(length, block)
+    for q in range(2 * length):
+        for k in range(2 * length):
+            q_noisy, k_noisy = q < length, k < length
+            qi, ki = q % length, k % length
+            if q_noisy and k_noisy:
+                expected = qi // block == ki // block  # own noisy block, bidirectionally
+            elif q_noisy:
+                expected = ki // block < qi // block  # clean tokens of earlier blocks
+            elif k_noisy:
+                expected = False  # clean tokens never see noisy ones
+            else:
+                expected = ki <= qi  # clean: token-causal
+            assert bool(visible[q, k]) == expected, (q, k)
+
+
+def test_noise_keeps_seeds_and_masks_whole_blocks() -> None:
+    tokens = torch.arange(10, 74).view(2, 32)
+    generator = torch.Generator().manual_seed(0)
+    noisy, masked, t = add_noise(tokens, NoiseSchedule(8, keep_seed_prob=1.0, full_mask_prob=1.0), 3, generator)
+    assert not masked[:, ::8].any()  # every block's first token stays clean
+    assert masked.view(2, 4, 8)[:, :, 1:].all()  # and everything after it is masked
+    assert torch.equal(noisy[masked], torch.full((int(masked.sum()),), 3))
+    assert torch.equal(t, torch.ones_like(t))
+    _, masked, t = add_noise(tokens, NoiseSchedule(8, keep_seed_prob=0.0, full_mask_prob=0.0), 3, generator)
+    assert ((t > 0) & (t <= 1)).all() and masked.any() and not masked.all()
+
+
+def test_recipe_loss_learns_a_repeating_sequence() -> None:
+    config = parse_config(
+        {
+            "model_type": "nemotron_labs_diffusion",
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "intermediate_size": 64,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "vocab_size": 40,
+            "max_position_embeddings": 64,
+            "mask_token_id": 3,
+            "rope_parameters": {"rope_theta": 10000.0},
+        }
+    )
+    torch.manual_seed(0)
+    model = NLDTransformer(config)
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)
+    tokens = (torch.arange(32) % 7 + 4).repeat(4, 1)
+    visible = doubled_sequence_visibility(32, 8)
+    bias = torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))[None, None]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(60):
+        loss, stats = recipe_loss(model, tokens, NoiseSchedule(8), 3, 0.3, generator, bias)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+    assert stats["diffusion_loss"] < 1.0
+
+
+def test_held_out_split_is_disjoint_and_stable() -> None:
+    corpus = stdlib_corpus()
+    assert corpus.held_out and corpus.train
+    assert not set(corpus.held_out) & set(corpus.train)
+    assert all(is_held_out(str(p.relative_to(corpus.root))) for p in corpus.held_out)
+    assert len(SPECIAL_TOKENS) == 4
