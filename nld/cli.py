@@ -14,7 +14,7 @@ from nld.evaluate import evaluate_modes, held_out_token_stream, markdown_table, 
 from nld.generate import generate, load_backend
 from nld.models import default_model_dir
 from nld.modes import MODES, GenerationParams
-from nld.tiny.data import stdlib_corpus
+from nld.tiny.data import evaluation_files, stdlib_corpus
 from nld.tokenizer import NLDTokenizer
 
 
@@ -81,11 +81,11 @@ def run_eval(args: argparse.Namespace) -> int:
     tokenizer = NLDTokenizer.from_dir(model)
     if tokenizer is None:
         raise NLDError(f"{model}: no tokenizer.json; nld eval draws held-out prompts as text")
-    files = stdlib_corpus().held_out
+    files = evaluation_files(stdlib_corpus())
     stream = held_out_token_stream(lambda text: tokenizer.tokenizer.encode(text, add_special_tokens=False).ids, files)
     prompts = sample_prompts(stream, args.prompts, args.prompt_length)
     ppl = perplexity(backend, sample_prompts(stream, args.perplexity_windows, 256, seed=1))
-    reports = evaluate_modes(backend, prompts, args.max_new_tokens, args.block_length)
+    reports = evaluate_modes(backend, prompts, args.max_new_tokens, args.block_length, tokenizer.decode)
     print(markdown_table(reports, ppl))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "handler"}
     settings["model"] = model

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class ModeReport:
     forwards: int
     nfe: int
     tokens_per_forward: float
+    characters_per_forward: float | None
     mean_acceptance_length: float | None
     tokens_per_second: float
     equals_ar: int
@@ -69,9 +71,14 @@ def perplexity(backend: StepBackend, windows: list[list[int]]) -> float:
 
 
 def evaluate_modes(
-    backend: StepBackend, prompts: list[list[int]], max_new_tokens: int, block_length: int | None = None
+    backend: StepBackend,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    block_length: int | None = None,
+    decode: Callable[[list[int]], str] | None = None,
 ) -> list[ModeReport]:
-    """Run every mode (and linear-spec without the adapter, when there is one) on every prompt."""
+    """Run every mode (and linear-spec without the adapter, when there is one) on every prompt.
+    With `decode`, also report characters per forward (comparable across tokenizers)."""
     runs = [(mode, True) for mode in MODES]
     if backend.has_adapter:
         runs.insert(runs.index(("linear-spec", True)) + 1, ("linear-spec", False))
@@ -94,6 +101,7 @@ def evaluate_modes(
                 forwards=forwards,
                 nfe=sum(r.nfe for r in results),
                 tokens_per_forward=tokens / forwards,
+                characters_per_forward=(sum(len(decode(r.new_ids)) for r in results) / forwards) if decode else None,
                 mean_acceptance_length=sum(acceptances) / len(acceptances) if acceptances else None,
                 tokens_per_second=tokens / sum(r.seconds for r in results),
                 equals_ar=sum(r.new_ids == ref for r, ref in zip(results, reference, strict=True)),
@@ -106,14 +114,15 @@ def markdown_table(reports: list[ModeReport], ppl: float) -> str:
     lines = [
         f"held-out AR perplexity: {ppl:.2f}",
         "",
-        "| mode | draft adapter | tokens/forward | mean acceptance | tokens/s | greedy output = AR |",
-        "|---|---|---|---|---|---|",
+        "| mode | draft adapter | tokens/forward | chars/forward | mean acceptance | tokens/s | greedy output = AR |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         acceptance = "-" if r.mean_acceptance_length is None else f"{r.mean_acceptance_length:.2f}"
         adapter = "yes" if r.adapter else ("no" if r.mode == "linear-spec" else "-")
+        chars = "-" if r.characters_per_forward is None else f"{r.characters_per_forward:.2f}"
         lines.append(
-            f"| {r.mode} | {adapter} | {r.tokens_per_forward:.2f} | {acceptance} | {r.tokens_per_second:.0f} "
+            f"| {r.mode} | {adapter} | {r.tokens_per_forward:.2f} | {chars} | {acceptance} | {r.tokens_per_second:.0f} "
             f"| {r.equals_ar}/{r.prompts} |"
         )
     return "\n".join(lines)

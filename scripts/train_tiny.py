@@ -18,13 +18,40 @@ from nld.tiny.train import TrainSettings, train
 REPO = Path(__file__).resolve().parents[1]
 
 
+def with_overrides(settings: TrainSettings, overrides: list[str]) -> TrainSettings:
+    """Apply NAME=VALUE overrides, converting each value to the field's type."""
+    for override in overrides:
+        name, _, value = override.partition("=")
+        target, field_name = (
+            (settings.adapter, name[len("adapter.") :]) if name.startswith("adapter.") else (settings, name)
+        )
+        current = getattr(target, field_name, None)
+        if current is None or not value:
+            raise SystemExit(f"--set {override}: unknown setting '{name}' or empty value")
+        typed = (value.lower() in ("1", "true", "yes")) if isinstance(current, bool) else type(current)(value)
+        if target is settings.adapter:
+            settings = dataclasses.replace(
+                settings, adapter=dataclasses.replace(settings.adapter, **{field_name: typed})
+            )
+        else:
+            settings = dataclasses.replace(settings, **{field_name: typed})
+    return settings
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=REPO / "nld" / "models" / "tiny")
     parser.add_argument("--work", type=Path, default=REPO / "build" / "tiny-train")
     parser.add_argument("--quick", action="store_true", help="smoke run: a few steps per phase")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a TrainSettings field (adapter fields as adapter.NAME), e.g. --set vocab_size=1024",
+    )
     args = parser.parse_args()
-    settings = TrainSettings()
+    settings = with_overrides(TrainSettings(), args.set)
     if args.quick:
         adapter = DraftAdapterSettings(chunks=2, chunk_rows=32, check_prompts=2, check_tokens=16)
         settings = dataclasses.replace(settings, ar_steps=4, nld_steps=4, warmup_steps=2, adapter=adapter)

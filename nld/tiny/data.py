@@ -18,6 +18,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 EXCLUDED_PARTS = frozenset({"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"})
 HELD_OUT_EVERY = 20  # one file in 20 (by path hash) never reaches training
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<mask>")  # ids 0..3: pad, BOS, EOS, mask
+# Generated codec tables (encodings/cp*.py ...): trainable, but as evaluation prompts they are trivially
+# predictable and inflate acceptance figures, so evaluation draws no prompts from them.
+EVAL_EXCLUDED_PARTS = frozenset({"encodings"})
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,11 @@ def stdlib_corpus(root: Path | None = None) -> Corpus:
     train = [p for p in files if not is_held_out(str(p.relative_to(root)))]
     held_out = [p for p in files if is_held_out(str(p.relative_to(root)))]
     return Corpus(root, train, held_out, platform.python_version())
+
+
+def evaluation_files(corpus: Corpus) -> list[Path]:
+    """Held-out files that evaluation prompts are drawn from (codec tables excluded)."""
+    return [p for p in corpus.held_out if not EVAL_EXCLUDED_PARTS & set(p.relative_to(corpus.root).parts)]
 
 
 def read_source(path: Path) -> str:

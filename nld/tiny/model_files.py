@@ -65,6 +65,9 @@ def write_checkpoint(
             save_file(named, staging / ADAPTER_DIR / "adapter_model.safetensors", metadata={"format": "pt"})
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
+        staging.chmod(0o755)  # mkdtemp makes 0700; the model is package data that every user reads
+        for path in staging.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
         if output.exists():
             shutil.rmtree(output)
         os.replace(staging, output)

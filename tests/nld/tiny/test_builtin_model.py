@@ -12,7 +12,7 @@ from nld.checkpoint import load_checkpoint
 from nld.evaluate import evaluate_modes, held_out_token_stream, sample_prompts
 from nld.generate import load_backend
 from nld.models import BUILTIN_MODEL
-from nld.tiny.data import stdlib_corpus
+from nld.tiny.data import evaluation_files, stdlib_corpus
 from nld.tokenizer import NLDTokenizer
 
 pytestmark = pytest.mark.skipif(not (BUILTIN_MODEL / "config.json").exists(), reason="built-in model not trained")
@@ -57,7 +57,7 @@ def held_out_reports() -> dict:
     tokenizer = NLDTokenizer.from_dir(BUILTIN_MODEL)
     assert tokenizer is not None
     stream = held_out_token_stream(
-        lambda text: tokenizer.tokenizer.encode(text, add_special_tokens=False).ids, stdlib_corpus().held_out
+        lambda text: tokenizer.tokenizer.encode(text, add_special_tokens=False).ids, evaluation_files(stdlib_corpus())
     )
     prompts = sample_prompts(stream, 16, 64, seed=5)
     return {(r.mode, r.adapter): r for r in evaluate_modes(backend, prompts, max_new_tokens=48)}
@@ -75,3 +75,30 @@ def test_acceptance_targets_on_held_out_prompts(held_out_reports: dict) -> None:
     quadratic = held_out_reports[("quadratic-spec", False)]
     assert linear.mean_acceptance_length >= 2.5
     assert quadratic.tokens_per_forward >= 2.0
+
+
+def test_eval_command_writes_table_and_json(tmp_path) -> None:
+    out = tmp_path / "eval.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nld.cli",
+            "eval",
+            "--prompts",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--perplexity-windows",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "| quadratic-spec |" in run.stdout and "held-out AR perplexity" in run.stdout
+    record = json.loads(out.read_text())
+    assert {m["mode"] for m in record["modes"]} == {"ar", "diffusion", "linear-spec", "quadratic-spec"}
+    assert record["held_out_perplexity"] > 1
