@@ -13,6 +13,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 EXCLUDED_PARTS = frozenset({"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"})
@@ -80,3 +81,9 @@ def encode_files(tokenizer: Tokenizer, files: list[Path]) -> list[list[int]]:
     eos = tokenizer.token_to_id(SPECIAL_TOKENS[2])
     encodings = tokenizer.encode_batch([read_source(path) for path in files])
     return [[*encoding.ids, eos] for encoding in encodings]
+
+
+def sample_windows(stream: torch.Tensor, rows: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """`rows` random windows of `length` tokens from a token stream, as [rows, length]."""
+    starts = torch.randint(0, len(stream) - length, (rows,), generator=generator)
+    return torch.stack([stream[s : s + length] for s in starts.tolist()])

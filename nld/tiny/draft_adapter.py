@@ -18,6 +18,7 @@ from nld.backends import TorchBackend
 from nld.generate import generate
 from nld.model import NLDTransformer
 from nld.modes import GenerationParams
+from nld.tiny.data import sample_windows
 
 Log = Callable[[str], None]
 
@@ -42,11 +43,6 @@ class TrainedAdapter:
     weights: dict[str, torch.Tensor]
     report: dict = field(default_factory=dict)
     keep: bool = False
-
-
-def _windows(stream: torch.Tensor, rows: int, length: int, generator: torch.Generator) -> torch.Tensor:
-    starts = torch.randint(0, len(stream) - length, (rows,), generator=generator)
-    return torch.stack([stream[s : s + length] for s in starts.tolist()])
 
 
 def _greedy(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
@@ -105,7 +101,7 @@ def distill_draft_adapter(
         parameter.requires_grad_(False)
     block = model.config.block_size
     mask_id = model.config.mask_token_id
-    check_prompts = _windows(held, settings.check_prompts, 64, torch.Generator().manual_seed(99)).tolist()
+    check_prompts = sample_windows(held, settings.check_prompts, 64, torch.Generator().manual_seed(99)).tolist()
     baseline = mean_acceptance(model, check_prompts, settings.check_tokens, use_adapter=False)
     log(f"draft adapter: held-out linear-spec acceptance without adapter {baseline:.3f}")
     parameters = _attach(model, settings, generator)
@@ -114,7 +110,7 @@ def distill_draft_adapter(
     steps = settings.chunks * settings.updates_per_chunk
     context = settings.context
     for chunk in range(settings.chunks):
-        windows = _windows(train, settings.chunk_rows, context + 1, generator)
+        windows = sample_windows(train, settings.chunk_rows, context + 1, generator)
         targets, past = greedy_rollouts(model, windows, block - 1)
         drafts = torch.full((settings.chunk_rows, block), mask_id)
         drafts[:, 0] = windows[:, -1]

@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 
 from nld.config import parse_config
 from nld.model import NLDTransformer
-from nld.tiny.data import SPECIAL_TOKENS, encode_files, stdlib_corpus, train_tokenizer
+from nld.tiny.data import SPECIAL_TOKENS, encode_files, sample_windows, stdlib_corpus, train_tokenizer
 from nld.tiny.draft_adapter import DraftAdapterSettings, distill_draft_adapter
 from nld.tiny.model_files import nld_config_json, write_checkpoint
 from nld.tiny.recipe import NoiseSchedule, doubled_sequence_visibility, recipe_loss
@@ -118,11 +118,6 @@ def new_model(settings: TrainSettings, mask_id: int, generator: torch.Generator)
                 std = residual_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
     return model
-
-
-def sample_windows(stream: torch.Tensor, rows: int, length: int, generator: torch.Generator) -> torch.Tensor:
-    starts = torch.randint(0, len(stream) - length, (rows,), generator=generator)
-    return torch.stack([stream[s : s + length] for s in starts.tolist()])
 
 
 def learning_rate(settings: TrainSettings, step: int, steps: int) -> float:
