@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file, save_file
@@ -95,7 +94,3 @@ def test_unknown_mode_is_refused() -> None:
 def test_prompt_outside_vocabulary_is_refused() -> None:
     with pytest.raises(ValueError, match=r"\[0, 512\)"):
         generate(backend_for("tiny_b8"), [1, 600], "ar")
-
-
-def test_fixture_checkpoint_folder_is_untouched() -> None:
-    assert not (Path(fixture_dir("tiny_b8")) / "model.safetensors").stat().st_mode & 0o222
