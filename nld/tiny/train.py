@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from nld.backends import TorchBackend
 from nld.config import parse_config
+from nld.evaluate import perplexity
 from nld.model import NLDTransformer
 from nld.tiny.data import SPECIAL_TOKENS, encode_files, sample_windows, stdlib_corpus, train_tokenizer
 from nld.tiny.draft_adapter import DraftAdapterSettings, distill_draft_adapter
@@ -142,13 +144,9 @@ def ar_loss(model: NLDTransformer, tokens: torch.Tensor, bias: torch.Tensor) -> 
 
 
 def held_out_perplexity(model: NLDTransformer, held: torch.Tensor, length: int, windows: int = 32) -> float:
-    """exp(mean next-token loss) over fixed held-out windows."""
-    generator = torch.Generator().manual_seed(1234)
-    tokens = sample_windows(held, windows, length, generator)
-    bias = _additive(torch.ones(length, length, dtype=torch.bool).tril())
-    with torch.no_grad():
-        loss, _ = ar_loss(model, tokens, bias)
-    return math.exp(loss.item())
+    """Perplexity over fixed held-out windows, measured through the step seam like `nld eval`."""
+    tokens = sample_windows(held, windows, length, torch.Generator().manual_seed(1234))
+    return perplexity(TorchBackend(model), tokens.tolist())
 
 
 def train(output: Path, work: Path, settings: TrainSettings | None = None, log: Log = print) -> Path:
