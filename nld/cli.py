@@ -82,7 +82,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if tokenizer is None:
         raise NLDError(f"{model}: no tokenizer.json; nld eval draws held-out prompts as text")
     files = evaluation_files(stdlib_corpus())
-    stream = held_out_token_stream(lambda text: tokenizer.tokenizer.encode(text, add_special_tokens=False).ids, files)
+    stream = held_out_token_stream(tokenizer, files)
     prompts = sample_prompts(stream, args.prompts, args.prompt_length)
     ppl = perplexity(backend, sample_prompts(stream, args.perplexity_windows, 256, seed=1))
     reports = evaluate_modes(backend, prompts, args.max_new_tokens, args.block_length, tokenizer.decode)

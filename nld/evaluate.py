@@ -20,6 +20,8 @@ from nld.generate import generate
 from nld.modes import MODES, GenerationParams
 from nld.sampling import Sampler
 from nld.step import StepBackend, StepRequest, causal
+from nld.tiny.data import read_source, sample_windows
+from nld.tokenizer import NLDTokenizer
 
 
 @dataclass
@@ -37,17 +39,17 @@ class ModeReport:
     equals_ar: int
 
 
-def held_out_token_stream(tokenizer_encode, files: list[Path]) -> list[int]:
+def held_out_token_stream(tokenizer: NLDTokenizer, files: list[Path]) -> list[int]:
+    """The files' text as one token stream (no specials), for drawing evaluation windows."""
     stream: list[int] = []
     for path in files:
-        stream += tokenizer_encode(path.read_text(encoding="utf-8", errors="replace"))
+        stream += tokenizer.tokenizer.encode(read_source(path), add_special_tokens=False).ids
     return stream
 
 
 def sample_prompts(stream: list[int], count: int, length: int, seed: int = 0) -> list[list[int]]:
-    generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, len(stream) - length, (count,), generator=generator).tolist()
-    return [stream[s : s + length] for s in starts]
+    """`count` seeded windows of `length` tokens from `stream`."""
+    return sample_windows(torch.tensor(stream), count, length, torch.Generator().manual_seed(seed)).tolist()
 
 
 def perplexity(backend: StepBackend, windows: list[list[int]]) -> float:

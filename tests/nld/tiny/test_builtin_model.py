@@ -56,9 +56,7 @@ def held_out_reports() -> dict:
     backend = load_backend(str(BUILTIN_MODEL))
     tokenizer = NLDTokenizer.from_dir(BUILTIN_MODEL)
     assert tokenizer is not None
-    stream = held_out_token_stream(
-        lambda text: tokenizer.tokenizer.encode(text, add_special_tokens=False).ids, evaluation_files(stdlib_corpus())
-    )
+    stream = held_out_token_stream(tokenizer, evaluation_files(stdlib_corpus()))
     prompts = sample_prompts(stream, 16, 64, seed=5)
     return {(r.mode, r.adapter): r for r in evaluate_modes(backend, prompts, max_new_tokens=48)}
 
