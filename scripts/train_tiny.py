@@ -54,7 +54,9 @@ def main() -> int:
     settings = with_overrides(TrainSettings(), args.set)
     if args.quick:
         adapter = DraftAdapterSettings(chunks=2, chunk_rows=32, check_prompts=2, check_tokens=16)
-        settings = dataclasses.replace(settings, ar_steps=4, nld_steps=4, warmup_steps=2, adapter=adapter)
+        settings = dataclasses.replace(
+            settings, ar_steps=4, nld_steps=4, chain_steps=4, warmup_steps=2, adapter=adapter
+        )
     started = time.perf_counter()
 
     def log(message: str) -> None:

@@ -66,22 +66,26 @@ def recipe_loss(
     diffusion_weight: float,
     generator: torch.Generator,
     bias: torch.Tensor,
+    noisy_source: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """One batch of the recipe. `bias` is the additive form of `doubled_sequence_visibility`."""
+    """One batch of the recipe. `bias` is the additive form of `doubled_sequence_visibility`.
+    `noisy_source` (default: `tokens`) is what the noisy half is noised from and must reconstruct;
+    the clean half and its AR loss always use `tokens`."""
     rows, length = tokens.shape
-    noisy, masked, t = add_noise(tokens, schedule, mask_id, generator)
+    source = tokens if noisy_source is None else noisy_source
+    noisy, masked, t = add_noise(source, schedule, mask_id, generator)
     positions = torch.arange(length).repeat(2).expand(rows, -1)
     hidden, _ = model(torch.cat((noisy, tokens), dim=1), positions, bias)
     logits = model.logits(hidden)
     ar_logits = logits[:, length:-1].reshape(-1, logits.shape[-1])
     ar_sum = F.cross_entropy(ar_logits.float(), tokens[:, 1:].reshape(-1), reduction="sum")
     noisy_logits = logits[:, :length][masked]
-    diffusion_terms = F.cross_entropy(noisy_logits.float(), tokens[masked], reduction="none") / t[masked]
+    diffusion_terms = F.cross_entropy(noisy_logits.float(), source[masked], reduction="none") / t[masked]
     diffusion_sum = diffusion_terms.sum()
     ar_count, masked_count = ar_logits.shape[0], int(masked.sum())
     loss = (ar_sum + diffusion_weight * diffusion_sum) / (ar_count + masked_count)
     stats = {
         "ar_loss": ar_sum.item() / ar_count,
-        "diffusion_loss": (F.cross_entropy(noisy_logits.float(), tokens[masked]).item() if masked_count else 0.0),
+        "diffusion_loss": (F.cross_entropy(noisy_logits.float(), source[masked]).item() if masked_count else 0.0),
     }
     return loss, stats

@@ -1,4 +1,5 @@
-"""Train the built-in tiny NLD model on CPU: AR warm-up, the NLD recipe, then the draft adapter.
+"""Train the built-in tiny NLD model on CPU: AR warm-up, the NLD recipe, the recipe on greedy chains,
+then the draft adapter.
 
 Resumable: the run keeps `state.pt` in its work directory (written atomically every few minutes and at
 each phase end); rerunning with the same settings continues where it stopped. The finished checkpoint
@@ -27,6 +28,7 @@ from nld.evaluate import perplexity
 from nld.model import NLDTransformer
 from nld.tiny.data import SPECIAL_TOKENS, encode_files, sample_windows, stdlib_corpus, train_tokenizer
 from nld.tiny.draft_adapter import DraftAdapterSettings, distill_draft_adapter
+from nld.tiny.greedy_chains import greedy_block_chains
 from nld.tiny.model_files import nld_config_json, write_checkpoint
 from nld.tiny.recipe import NoiseSchedule, doubled_sequence_visibility, recipe_loss
 
@@ -45,9 +47,11 @@ class TrainSettings:
     block_size: int = 8
     seq_len: int = 256
     batch_size: int = 16
-    ar_steps: int = 1300
-    nld_steps: int = 600
+    ar_steps: int = 1000
+    nld_steps: int = 300
+    chain_steps: int = 420
     lr: float = 2e-3
+    chain_lr: float = 6e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
     weight_decay: float = 0.1
@@ -122,11 +126,39 @@ def new_model(settings: TrainSettings, mask_id: int, generator: torch.Generator)
     return model
 
 
-def learning_rate(settings: TrainSettings, step: int, steps: int) -> float:
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of training with its own objective and learning-rate schedule.
+    ar: next-token loss only. nld: the recipe. chain: the recipe with each noisy block built from the
+    block's seed and the model's own greedy AR continuation (what the verifier accepts)."""
+
+    name: str
+    start: int
+    steps: int
+    peak_lr: float
+
+
+def phases(settings: TrainSettings) -> list[Phase]:
+    table = [
+        ("ar", settings.ar_steps, settings.lr),
+        ("nld", settings.nld_steps, settings.lr),
+        ("chain", settings.chain_steps, settings.chain_lr),
+    ]
+    result, start = [], 0
+    for name, steps, peak_lr in table:
+        if steps:
+            result.append(Phase(name, start, steps, peak_lr))
+            start += steps
+    return result
+
+
+def learning_rate(settings: TrainSettings, phase: Phase, step: int) -> float:
+    """Linear warm-up then cosine decay to `min_lr_ratio`, restarted at every phase."""
+    step -= phase.start
     if step < settings.warmup_steps:
-        return settings.lr * (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, steps - settings.warmup_steps)
-    return settings.lr * (
+        return phase.peak_lr * (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(1, phase.steps - settings.warmup_steps)
+    return phase.peak_lr * (
         settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     )
 
@@ -174,8 +206,9 @@ def train(output: Path, work: Path, settings: TrainSettings | None = None, log: 
         step, history = state["step"], state["history"]
         log(f"resuming at step {step}")
 
-    phases = [("ar", settings.ar_steps), ("nld", settings.nld_steps)]
-    total = sum(steps for _, steps in phases)
+    plan = phases(settings)
+    total = sum(phase.steps for phase in plan)
+    phase_ends = {phase.start + phase.steps for phase in plan}
     causal_bias = _additive(torch.ones(settings.seq_len, settings.seq_len, dtype=torch.bool).tril())
     doubled_bias = _additive(doubled_sequence_visibility(settings.seq_len, settings.block_size))
     schedule = NoiseSchedule(settings.block_size, settings.keep_seed_prob, settings.full_mask_prob)
@@ -183,34 +216,38 @@ def train(output: Path, work: Path, settings: TrainSettings | None = None, log: 
     done_at_start = step
     model.train()
     while step < total:
-        phase, phase_start = ("ar", 0) if step < settings.ar_steps else ("nld", settings.ar_steps)
-        phase_steps = dict(phases)[phase]
+        phase = next(p for p in plan if p.start <= step < p.start + p.steps)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(settings, step - phase_start, phase_steps)
+            group["lr"] = learning_rate(settings, phase, step)
         tokens = sample_windows(train_stream, settings.batch_size, settings.seq_len, generator)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16_autocast):
-            if phase == "ar":
+            if phase.name == "ar":
                 loss, stats = ar_loss(model, tokens, causal_bias)
             else:
+                chains = None
+                if phase.name == "chain":
+                    model.eval()
+                    chains = greedy_block_chains(model, tokens, settings.block_size)
+                    model.train()
                 loss, stats = recipe_loss(
-                    model, tokens, schedule, mask_id, settings.diffusion_weight, generator, doubled_bias
+                    model, tokens, schedule, mask_id, settings.diffusion_weight, generator, doubled_bias, chains
                 )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         step += 1
-        history.append({"step": step, "phase": phase, "loss": loss.item(), **stats})
+        history.append({"step": step, "phase": phase.name, "loss": loss.item(), **stats})
         now = time.perf_counter()
         if step % 25 == 0 or step == total:
             rate = (step - done_at_start) / (now - started)
             eta = (total - step) / rate
             details = " ".join(f"{k} {v:.3f}" for k, v in stats.items())
             log(
-                f"[{phase}] step {step}/{total} loss {loss.item():.3f} {details} "
+                f"[{phase.name}] step {step}/{total} loss {loss.item():.3f} {details} "
                 f"| {1 / rate:.2f} s/step, ETA {eta / 60:.1f} min"
             )
-        if now - last_save > 180 or step in (settings.ar_steps, total):
+        if now - last_save > 180 or step in phase_ends:
             state = {
                 "settings": record,
                 "model": model.state_dict(),

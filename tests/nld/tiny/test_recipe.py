@@ -40,7 +40,7 @@ def test_noise_keeps_seeds_and_masks_whole_blocks() -> None:
     assert ((t > 0) & (t <= 1)).all() and masked.any() and not masked.all()
 
 
-def test_recipe_loss_learns_a_repeating_sequence() -> None:
+def small_model() -> NLDTransformer:
     config = parse_config(
         {
             "model_type": "nemotron_labs_diffusion",
@@ -59,20 +59,50 @@ def test_recipe_loss_learns_a_repeating_sequence() -> None:
     model = NLDTransformer(config)
     for parameter in model.parameters():
         torch.nn.init.normal_(parameter, std=0.1)
-    tokens = (torch.arange(32) % 7 + 4).repeat(4, 1)
-    visible = doubled_sequence_visibility(32, 8)
-    bias = torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))[None, None]
+    return model
+
+
+def doubled_bias(length: int) -> torch.Tensor:
+    visible = doubled_sequence_visibility(length, 8)
+    return torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))[None, None]
+
+
+def train_recipe(
+    model: NLDTransformer, tokens: torch.Tensor, steps: int, noisy_source: torch.Tensor | None = None
+) -> tuple[list[float], dict[str, float]]:
+    bias = doubled_bias(tokens.shape[1])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(60):
-        loss, stats = recipe_loss(model, tokens, NoiseSchedule(8), 3, 0.3, generator, bias)
+    for _ in range(steps):
+        loss, stats = recipe_loss(model, tokens, NoiseSchedule(8), 3, 0.3, generator, bias, noisy_source)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+    return losses, stats
+
+
+def test_recipe_loss_learns_a_repeating_sequence() -> None:
+    losses, stats = train_recipe(small_model(), (torch.arange(32) % 7 + 4).repeat(4, 1), 60)
     assert losses[-1] < 0.2 * losses[0]
     assert stats["diffusion_loss"] < 1.0
+
+
+def test_noisy_half_learns_the_given_source_and_clean_half_the_tokens() -> None:
+    model = small_model()
+    tokens = (torch.arange(32) % 7 + 4).repeat(4, 1)
+    source = (tokens.view(4, 4, 8)[:, :, :1] + 20).expand(4, 4, 8).reshape(4, 32)
+    source[:, ::8] = tokens[:, ::8]  # blocks share their seed, as greedy chains do: [s, s + 20, s + 20, ...]
+    train_recipe(model, tokens, 120, noisy_source=source)
+    drafts = tokens.clone()
+    drafts.view(4, 4, 8)[:, :, 1:] = 3  # [seed, MASK x 7] in every block
+    positions = torch.arange(32).repeat(2).expand(4, -1)
+    with torch.no_grad():
+        logits = model.logits(model(torch.cat((drafts, tokens), 1), positions, doubled_bias(32))[0])
+    masked = drafts == 3
+    assert (logits[:, :32].argmax(-1)[masked] == source[masked]).float().mean() > 0.9
+    assert (logits[:, 32:-1].argmax(-1) == tokens[:, 1:]).float().mean() > 0.9
 
 
 def test_held_out_split_is_disjoint_and_stable() -> None:

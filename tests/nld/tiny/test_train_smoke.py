@@ -26,6 +26,7 @@ QUICK = dataclasses.replace(
     batch_size=4,
     ar_steps=3,
     nld_steps=3,
+    chain_steps=3,
     warmup_steps=1,
     adapter=DraftAdapterSettings(rank=4, chunks=2, chunk_rows=8, context=16, check_prompts=2, check_tokens=8),
 )
@@ -39,7 +40,7 @@ def test_quick_training_writes_a_working_checkpoint(tmp_path: Path) -> None:
     checkpoint = load_checkpoint(output)
     assert checkpoint.config.hidden_size == 128 and checkpoint.config.block_size == 8
     report = json.loads((output / "training.json").read_text())
-    assert report["final"]["step"] == 6 and report["settings"]["seed"] == 0
+    assert report["final"]["step"] == 9 and report["final"]["phase"] == "chain" and report["settings"]["seed"] == 0
     tokenizer = NLDTokenizer.from_dir(output)
     assert tokenizer is not None
     prompt = tokenizer.encode_prompt("def f(x):")
@@ -47,5 +48,5 @@ def test_quick_training_writes_a_working_checkpoint(tmp_path: Path) -> None:
     # Rerunning resumes from the saved state instead of starting over.
     logs.clear()
     train(tmp_path / "model", tmp_path / "work", QUICK, logs.append)
-    assert any("resuming at step 6" in line for line in logs)
+    assert any("resuming at step 9" in line for line in logs)
     assert not list(tmp_path.glob(".model.*"))  # no half-written staging folder left behind

@@ -1,0 +1,50 @@
+"""The model's own greedy AR continuation of every block seed: the draft targets that the verifier accepts.
+
+For a window x and block size B, block b starts at s = b*B. Its chain is [x_s, g_1 .. g_{B-1}] where
+g_1.. is the greedy AR continuation of x_0..x_s (the real prefix plus the block's seed). Linear
+self-speculation accepts a drafted token exactly when it equals this chain, so training the diffusion
+side on chains (instead of the data's own continuation) teaches it what the verifier will accept.
+
+All blocks of all windows roll out together: one causal pass over the windows gives every g_1 and the
+K/V of the real prefix; each further step feeds one token per block, attending to the prefix up to its
+seed and to its own chain.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nld.model import NLDTransformer
+
+
+def _greedy(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
+    logits = logits.float()
+    logits[..., mask_id] = float("-inf")
+    return logits.argmax(-1)
+
+
+@torch.no_grad()
+def greedy_block_chains(model: NLDTransformer, windows: torch.Tensor, block: int) -> torch.Tensor:
+    """windows [N, L] (L a multiple of `block`) -> [N, L]: each block's seed followed by the model's
+    greedy AR continuation of the window up to that seed."""
+    rows, length = windows.shape
+    if length % block:
+        raise ValueError(f"window length {length} is not a multiple of the block size {block}")
+    mask_id = model.config.mask_token_id
+    blocks = length // block
+    seeds = torch.arange(blocks) * block
+    causal = torch.zeros(length, length).masked_fill(~torch.ones(length, length, dtype=torch.bool).tril(), -torch.inf)
+    hidden, prefix = model(windows, torch.arange(length).expand(rows, -1), causal[None, None])
+    chain = [windows[:, seeds], _greedy(model.logits(hidden[:, seeds]), mask_id)]
+    # A chain token sees the real prefix up to its block's seed, and its own chain before it.
+    sees_prefix = torch.arange(length)[None, :] <= seeds[:, None]  # [blocks, L]
+    own_chain = torch.eye(blocks, dtype=torch.bool)
+    past = prefix
+    for step in range(2, block):
+        visible = torch.cat([sees_prefix] + [own_chain] * (step - 1), dim=1)
+        bias = torch.zeros(visible.shape).masked_fill(~visible, -torch.inf)[None, None]
+        positions = (seeds + step - 1).expand(rows, -1)
+        hidden, new = model(chain[-1], positions, bias, past)
+        past = [(torch.cat((k, nk), 2), torch.cat((v, nv), 2)) for (k, v), (nk, nv) in zip(past, new, strict=True)]
+        chain.append(_greedy(model.logits(hidden), mask_id))
+    return torch.stack(chain, dim=2).reshape(rows, length)
