@@ -95,7 +95,8 @@ class TorchBackend:
         results = []
         for row, request in enumerate(requests):
             count = request.token_ids.shape[0]
-            wanted = hidden[row, :count] if request.rows is None else hidden[row, request.rows.to(self.device)]
+            own = hidden[row, :count]  # rows index the request's own tokens, not the padded batch
+            wanted = own if request.rows is None else own[request.rows.to(self.device)]
             logits = self.model.logits(wanted).float()
             ids, confidence = select_tokens(logits, request.sampler)
             if request.write_cache:

@@ -38,6 +38,24 @@ def test_batched_step_equals_single_steps(device: str) -> None:
         assert cache.length == len(prompt) + len(tokens)
 
 
+def test_rows_index_each_requests_own_tokens_in_a_padded_batch() -> None:
+    backend = backend_for("tiny_b8")
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8]]
+    last = torch.tensor([-1])
+
+    def prefill(prompt: list[int]) -> StepRequest:
+        positions = torch.arange(len(prompt))
+        request = StepRequest(backend.new_cache(16), torch.tensor(prompt), positions, causal(len(prompt)), Sampler())
+        request.rows, request.return_logits = last, True
+        return request
+
+    batched = backend.step([prefill(prompt) for prompt in prompts])
+    for prompt, result in zip(prompts, batched, strict=True):
+        alone = backend.step([prefill(prompt)])[0]
+        assert result.logits.shape[0] == 1
+        torch.testing.assert_close(result.logits, alone.logits, atol=1e-5, rtol=0)
+
+
 def test_block_diagonal_groups() -> None:
     visible = block_diagonal(causal(2), bidirectional(2))
     assert visible.tolist() == [
