@@ -10,18 +10,20 @@ A request ends by finishing, failing, or being cancelled; in every case its KV l
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from nld.engine.kv_pool import KVLease, KVPool
+from nld.engine.kv_pool import KVLease, KVPool, PoolExhaustedError
 from nld.generate import cache_capacity
 from nld.modes import MODES, Decoding, Generation, GenerationParams
 from nld.modes.base import Policy
 from nld.step import StepBackend, StepRequest
 
+LOG = logging.getLogger("nld.engine")
 AUTO = "auto"
 SPECULATIVE_MODE = "linear-spec"
 
@@ -114,7 +116,10 @@ class Engine:
             )
         request = _Running(f"r{next(self._ids)}", mode, list(prompt_ids), params, listener, is_cancelled)
         candidates = (SPECULATIVE_MODE, "ar") if mode == AUTO else (mode,)
-        self.pool.check_fits(max(self._capacity(request, name) for name in candidates))
+        try:
+            self.pool.check_fits(max(self._capacity(request, name) for name in candidates))
+        except PoolExhaustedError as error:
+            raise RequestError("max_new_tokens", str(error)) from None
         with self._wake:
             self._incoming.append(request)
             self._wake.notify()
@@ -213,7 +218,10 @@ class Engine:
         self.metrics["tokens"] += len(delta)
         if delta or finished:
             generation = request.decoding.state if request.decoding and finished else None
-            request.listener(Update(request.request_id, delta, finished, generation, error))
+            try:
+                request.listener(Update(request.request_id, delta, finished, generation, error))
+            except Exception:  # a listener's failure (a closed stream) must not stop the engine
+                LOG.exception("listener of request %s failed", request.request_id)
 
     def _finish(self, request: _Running, reason: str | None = None, error: str | None = None) -> None:
         if request in self._running:

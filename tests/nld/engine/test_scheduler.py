@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from nld.engine import Engine, EngineSettings, PoolExhaustedError, Update
+from nld.engine import Engine, EngineSettings, Update
 from nld.engine.scheduler import RequestError
 from nld.generate import generate
 from nld.modes import MODES, GenerationParams
@@ -136,8 +136,9 @@ def test_bad_requests_name_the_parameter(prompt: list[int], mode: str, params: G
 
 def test_a_request_larger_than_the_pool_is_refused() -> None:
     engine = Engine(backend_for(CASE), EngineSettings(kv_blocks=2, kv_block_tokens=16))
-    with pytest.raises(PoolExhaustedError, match="the pool holds 32"):
+    with pytest.raises(RequestError, match="the pool holds 32") as raised:
         engine.submit([5, 6, 7], "ar", GenerationParams(64), lambda update: None)
+    assert raised.value.field == "max_new_tokens"
 
 
 def test_background_thread_serves_submissions() -> None:

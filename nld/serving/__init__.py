@@ -1,0 +1,1 @@
+"""Serving: Triton request parsing, the model repository, the tritonserver launcher and the gRPC client."""

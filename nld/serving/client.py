@@ -1,0 +1,128 @@
+"""A Triton gRPC client for the nld model: streamed generation with text pieces as they become final."""
+
+from __future__ import annotations
+
+import queue
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nld.errors import NLDError
+from nld.serving.inputs import INPUTS
+from nld.serving.repository import MODEL_NAME
+
+NUMPY_TYPES = {"TYPE_STRING": np.object_, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32, "TYPE_BOOL": np.bool_}
+NUMPY_TYPES["TYPE_UINT64"] = np.uint64
+
+
+@dataclass
+class ClientResult:
+    """The concatenated answer, the pieces as they arrived, and the final response's stats."""
+
+    text: str = ""
+    output_ids: list[int] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    nfe: int | None = None
+    tokens_per_forward: float | None = None
+
+
+def build_inputs(values: dict[str, Any]) -> list[Any]:
+    """InferInputs of shape [1, 1] (batch of one) for every given request value, typed from the input table."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    inputs = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        if name not in INPUTS:
+            raise NLDError(f"unknown request input '{name}'; known: {', '.join(INPUTS)}")
+        numpy_type = NUMPY_TYPES[INPUTS[name].triton_type]
+        data = np.array([[value.encode("utf-8") if isinstance(value, str) else value]], dtype=numpy_type)
+        tensor = grpcclient.InferInput(name, list(data.shape), np_to_triton_dtype(data.dtype))
+        tensor.set_data_from_numpy(data)
+        inputs.append(tensor)
+    return inputs
+
+
+def _read(result: Any, name: str) -> np.ndarray | None:
+    return result.as_numpy(name)
+
+
+def _is_final(result: Any) -> bool:
+    parameters = result.get_response().parameters
+    return "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
+
+
+class NLDClient:
+    """One gRPC connection; `generate` streams a request and collects its responses."""
+
+    def __init__(self, url: str = "127.0.0.1:8001") -> None:
+        import tritonclient.grpc as grpcclient
+
+        self.url = url
+        self.client = grpcclient.InferenceServerClient(url)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> NLDClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def generate(
+        self,
+        text: str,
+        on_piece: Callable[[str], None] | None = None,
+        timeout: float = 300.0,
+        cancel_after: int | None = None,
+        **options: Any,
+    ) -> ClientResult:
+        """Send one request (options: the request inputs, e.g. mode="ar", max_tokens=64, stream=False).
+        `cancel_after` closes the stream after that many responses (request cancellation)."""
+        responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        self.client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        result = ClientResult()
+        try:
+            self.client.async_stream_infer(
+                MODEL_NAME,
+                build_inputs({"text_input": text, **options}),
+                request_id=uuid.uuid4().hex,
+                enable_empty_final_response=True,
+            )
+            while True:
+                try:
+                    response, error = responses.get(timeout=timeout)
+                except queue.Empty:
+                    raise NLDError(f"no response from {self.url} within {timeout:.0f} s") from None
+                if error is not None:
+                    raise NLDError(f"server error: {error.message() if hasattr(error, 'message') else error}")
+                piece = _read(response, "text_output")
+                if piece is not None:
+                    text_piece = piece.reshape(-1)[0].decode("utf-8")
+                    ids = _read(response, "output_ids")
+                    result.pieces.append(text_piece)
+                    result.text += text_piece
+                    result.output_ids += [] if ids is None else ids.reshape(-1).tolist()
+                    if on_piece is not None:
+                        on_piece(text_piece)
+                reason = _read(response, "finish_reason")
+                if reason is not None:
+                    result.finish_reason = reason.reshape(-1)[0].decode("utf-8")
+                    result.nfe = int(_read(response, "nfe").reshape(-1)[0])  # type: ignore[union-attr]
+                    result.tokens_per_forward = float(_read(response, "tokens_per_forward").reshape(-1)[0])  # type: ignore[union-attr]
+                if _is_final(response):
+                    break
+                if cancel_after is not None and len(result.pieces) >= cancel_after:
+                    self.client.stop_stream(cancel_requests=True)
+                    result.finish_reason = "cancelled"
+                    return result
+        finally:
+            self.client.stop_stream()
+        return result

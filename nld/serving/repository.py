@@ -1,0 +1,92 @@
+"""Write a configured Triton model repository for a model: `<output>/nld/{config.pbtxt, 1/model.py}`.
+
+The template lives in `triton_repo/` (installed as `nld.triton_repo`); its config's `${...}` fields are
+filled from RepositorySettings, and its input list is rendered from the request-input table so the
+two never disagree. The repository is written to a temporary folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import string
+import tempfile
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+from nld.checkpoint import load_checkpoint
+from nld.engine.scheduler import AUTO
+from nld.errors import NLDError
+from nld.modes import MODES
+from nld.serving.inputs import INPUTS, REQUIRED
+
+MODEL_NAME = "nld"
+
+
+@dataclass(frozen=True)
+class RepositorySettings:
+    """What the served model runs with (written into config.pbtxt parameters)."""
+
+    model_dir: str
+    backend: str = "torch"
+    dtype: str = "float32"
+    device: str = "cpu"
+    max_batch: int = 16
+    kv_blocks: int = 4096
+    kv_block_tokens: int = 16
+    default_mode: str = "linear-spec"
+    default_max_tokens: int = 128
+    auto_threshold: int = 4
+
+    def check(self) -> None:
+        if self.default_mode not in (*MODES, AUTO):
+            raise NLDError(f"default_mode '{self.default_mode}' is not one of {', '.join([*MODES, AUTO])}")
+        for name in ("max_batch", "kv_blocks", "kv_block_tokens", "default_max_tokens", "auto_threshold"):
+            if getattr(self, name) < 1:
+                raise NLDError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def render_inputs() -> str:
+    lines = []
+    for name, spec in INPUTS.items():
+        optional = "" if name in REQUIRED else " optional: true"
+        lines.append(f'  {{ name: "{name}" data_type: {spec.triton_type} dims: [ 1 ]{optional} }}')
+    return ",\n".join(lines)
+
+
+def render_config(settings: RepositorySettings) -> str:
+    template = (resources.files("nld.triton_repo") / MODEL_NAME / "config.pbtxt").read_text()
+    fields = {key: str(value) for key, value in asdict(settings).items()}
+    for key, value in fields.items():
+        if '"' in value or "\\" in value:
+            raise NLDError(f"{key} '{value}' cannot contain quotes or backslashes")
+    return string.Template(template).substitute(fields, inputs=render_inputs())
+
+
+def write_repository(output: str | Path, settings: RepositorySettings) -> Path:
+    """Write the repository to `output` (replacing a previous one there); returns its path."""
+    settings.check()
+    model_dir = Path(settings.model_dir).resolve()
+    load_checkpoint(model_dir)  # fail now, with the checkpoint's own error, rather than at server start
+    settings = RepositorySettings(**{**asdict(settings), "model_dir": str(model_dir)})
+    output = Path(output).resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        version_dir = staging / MODEL_NAME / "1"
+        version_dir.mkdir(parents=True)
+        (staging / MODEL_NAME / "config.pbtxt").write_text(render_config(settings))
+        model_py = resources.files("nld.triton_repo") / MODEL_NAME / "1" / "model.py"
+        (version_dir / "model.py").write_text(model_py.read_text())
+        (staging / "nld_repository.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
+        for path in [staging, *staging.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output

@@ -1,0 +1,168 @@
+"""The Triton Python-backend model: a thin adapter between Triton requests and the nld engine.
+
+Loaded by `triton_repo/nld/1/model.py` inside tritonserver's Python-backend stub, where
+`triton_python_backend_utils` exists. Decoupled: each request gets a stream of responses, each one
+carrying the text that became final since the last, and a final response with the stats.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import numpy as np
+
+from nld.engine import Engine, EngineSettings, Update
+from nld.engine.scheduler import RequestError
+from nld.generate import load_backend
+from nld.serving.detokenize import IncrementalText
+from nld.serving.inputs import INPUTS, InputError, parse_inputs
+from nld.tokenizer import NLDTokenizer
+
+# Engine errors name engine parameters; clients know the Triton input names.
+ENGINE_FIELD_TO_INPUT = {"prompt": "text_input", "max_new_tokens": "max_tokens", "mode": "mode"}
+
+METRICS = {  # name: (kind, description)
+    "nld_requests_total": ("COUNTER", "requests started, by decoding mode"),
+    "nld_tokens_total": ("COUNTER", "tokens generated"),
+    "nld_forwards_total": ("COUNTER", "batched forward passes run by the engine"),
+    "nld_accepted_tokens_total": ("COUNTER", "tokens accepted by self-speculation verify steps"),
+    "nld_kv_blocks_in_use": ("GAUGE", "KV pool blocks held by running requests"),
+    "nld_kv_blocks_free": ("GAUGE", "KV pool blocks free"),
+}
+
+
+def _parameters(model_config: dict) -> dict[str, str]:
+    return {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
+
+
+class TritonPythonModel:
+    """Triton's Python-backend entry points: initialize, execute, finalize."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        self.pb = pb_utils
+        parameters = _parameters(json.loads(args["model_config"]))
+        model_dir = parameters["model_dir"]
+        backend = load_backend(model_dir, parameters["backend"], parameters["dtype"], parameters["device"])
+        tokenizer = NLDTokenizer.from_dir(model_dir)
+        if tokenizer is None:
+            raise pb_utils.TritonModelException(f"{model_dir}: no tokenizer.json; the server takes text prompts")
+        self.tokenizer = tokenizer
+        settings = EngineSettings(
+            max_batch=int(parameters["max_batch"]),
+            kv_blocks=int(parameters["kv_blocks"]),
+            kv_block_tokens=int(parameters["kv_block_tokens"]),
+            auto_threshold=int(parameters["auto_threshold"]),
+        )
+        self.default_mode = parameters["default_mode"]
+        self.default_max_tokens = int(parameters["default_max_tokens"])
+        self.engine = Engine(backend, settings)
+        self.families = {
+            name: pb_utils.MetricFamily(name=name, description=text, kind=getattr(pb_utils.MetricFamily, kind))
+            for name, (kind, text) in METRICS.items()
+        }
+        self.metrics: dict[tuple[str, str], Any] = {}
+        self.metrics_lock = threading.Lock()
+        self.reported: dict[tuple[str, str], float] = {}
+        self._publish_metrics()
+        self.engine.start()
+
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            self._start(request)
+        return None  # decoupled: responses go through each request's sender
+
+    def finalize(self) -> None:
+        self.engine.stop()
+
+    # -- one request --------------------------------------------------------------------------------
+    def _start(self, request: Any) -> None:
+        sender = request.get_response_sender()
+        final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        try:
+            tensors = {}
+            for name in INPUTS:
+                tensor = self.pb.get_input_tensor_by_name(request, name)
+                tensors[name] = None if tensor is None else tensor.as_numpy()
+            parsed = parse_inputs(tensors, self.default_mode, self.default_max_tokens)
+            prompt_ids = self.tokenizer.encode_prompt(parsed.text)
+            text = IncrementalText(self.tokenizer.decode)
+            pending: list[int] = []
+
+            def listen(update: Update) -> None:
+                self._respond(sender, text, pending, parsed.stream, update)
+
+            self.engine.submit(prompt_ids, parsed.mode, parsed.params, listen, request.is_cancelled)
+        except InputError as error:
+            sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(str(error))), flags=final)
+        except RequestError as error:
+            name = ENGINE_FIELD_TO_INPUT.get(error.field, error.field)
+            message = f"input '{name}': {error}"
+            sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(message)), flags=final)
+        except Exception as error:  # a request the engine refuses must not take the model down
+            sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(f"request refused: {error}")), flags=final)
+
+    def _respond(self, sender: Any, text: IncrementalText, pending: list[int], stream: bool, update: Update) -> None:
+        final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if update.error is not None:
+            sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(update.error)), flags=final)
+            self._publish_metrics()
+            return
+        if stream and not update.finished:
+            sender.send(self._response(text.push(update.new_ids), update.new_ids))
+            return
+        pending.extend(update.new_ids)
+        if not update.finished:
+            return
+        piece = text.push(pending) + text.flush()
+        generation = update.generation
+        stats = {}
+        if generation is not None:
+            stats = {
+                "finish_reason": generation.finish_reason or "",
+                "nfe": generation.nfe,
+                "tokens_per_forward": generation.tokens_per_forward,
+            }
+        sender.send(self._response(piece, pending, stats), flags=final)
+        self._publish_metrics()
+
+    def _response(self, piece: str, ids: list[int], stats: dict | None = None) -> Any:
+        tensors = [
+            self.pb.Tensor("text_output", np.array([piece.encode("utf-8")], dtype=np.object_)),
+            self.pb.Tensor("output_ids", np.array(ids, dtype=np.int32)),
+        ]
+        if stats:
+            tensors += [
+                self.pb.Tensor("finish_reason", np.array([stats["finish_reason"].encode()], dtype=np.object_)),
+                self.pb.Tensor("nfe", np.array([stats["nfe"]], dtype=np.int32)),
+                self.pb.Tensor("tokens_per_forward", np.array([stats["tokens_per_forward"]], dtype=np.float32)),
+            ]
+        return self.pb.InferenceResponse(output_tensors=tensors)
+
+    # -- metrics ------------------------------------------------------------------------------------
+    def _publish_metrics(self) -> None:
+        counters = dict(self.engine.metrics)
+        values: dict[tuple[str, str], float] = {
+            ("nld_tokens_total", ""): counters.get("tokens", 0),
+            ("nld_forwards_total", ""): counters.get("forwards", 0),
+            ("nld_accepted_tokens_total", ""): counters.get("accepted_tokens", 0),
+            ("nld_kv_blocks_in_use", ""): self.engine.pool.used_blocks,
+            ("nld_kv_blocks_free", ""): self.engine.pool.free_blocks,
+        }
+        for key, count in counters.items():
+            if key.startswith("requests_"):
+                values[("nld_requests_total", key.removeprefix("requests_"))] = count
+        with self.metrics_lock:
+            for (name, mode), value in values.items():
+                metric = self.metrics.get((name, mode))
+                if metric is None:
+                    labels = {"mode": mode} if mode else {}
+                    metric = self.metrics[(name, mode)] = self.families[name].Metric(labels=labels)
+                if METRICS[name][0] == "GAUGE":
+                    metric.set(value)
+                else:
+                    metric.increment(value - self.reported.get((name, mode), 0))
+                self.reported[(name, mode)] = value
