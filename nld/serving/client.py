@@ -78,14 +78,15 @@ class NLDClient:
 
     def generate(
         self,
-        text: str,
+        text: str | None,
         on_piece: Callable[[str], None] | None = None,
         timeout: float = 300.0,
         cancel_after: int | None = None,
         **options: Any,
     ) -> ClientResult:
         """Send one request (options: the request inputs, e.g. mode="ar", max_tokens=64, stream=False).
-        `cancel_after` closes the stream after that many responses (request cancellation)."""
+        `cancel_after` closes the stream after that many responses (request cancellation). Raises
+        NLDError with the server's message for a refused request."""
         responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
         self.client.start_stream(callback=lambda result, error: responses.put((result, error)))
         result = ClientResult()
@@ -126,3 +127,17 @@ class NLDClient:
         finally:
             self.client.stop_stream()
         return result
+
+
+def read_metrics(url: str) -> dict[str, float]:
+    """The nld_* samples of a Prometheus text endpoint, keyed by metric name with its labels."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    samples = {}
+    for line in lines:
+        if line.startswith("nld_"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return samples

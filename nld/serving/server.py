@@ -175,9 +175,9 @@ class TritonServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGINT (Triton's graceful shutdown), then SIGKILL if it lingers."""
+        """SIGTERM (Triton's graceful shutdown; SIGINT may be ignored in background jobs), then SIGKILL."""
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -1,0 +1,133 @@
+"""`nld repo`, `nld serve`, `nld client`: thin wrappers over nld.serving."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from nld.engine.scheduler import AUTO
+from nld.modes import MODES
+from nld.serving.client import NLDClient
+from nld.serving.repository import RepositorySettings, write_repository
+from nld.serving.server import ServerSettings, TritonServer
+
+
+def add_serving_commands(
+    subparsers: argparse._SubParsersAction,
+    add_model_options: Callable[[argparse.ArgumentParser], None],
+    model_dir: Callable[[argparse.Namespace], str],
+) -> None:
+    """Register the three serving commands; model options are shared with the other commands."""
+    repo = subparsers.add_parser("repo", help="write a Triton model repository for a model")
+    add_model_options(repo)
+    defaults = RepositorySettings(model_dir="")
+    repo.add_argument("--output", type=Path, required=True, help="repository folder to write (replaced)")
+    repo.add_argument("--max-batch", type=int, default=defaults.max_batch, help="requests decoded at once")
+    repo.add_argument("--kv-blocks", type=int, default=defaults.kv_blocks, help="KV pool size in blocks")
+    repo.add_argument("--kv-block-tokens", type=int, default=defaults.kv_block_tokens, help="token slots per block")
+    repo.add_argument("--default-mode", choices=[*MODES, AUTO], default=defaults.default_mode)
+    repo.add_argument("--default-max-tokens", type=int, default=defaults.default_max_tokens)
+    repo.add_argument(
+        "--auto-threshold",
+        type=int,
+        default=defaults.auto_threshold,
+        help="mode auto: self-speculate while fewer requests than this run, else AR",
+    )
+    repo.set_defaults(handler=lambda args: run_repo(args, model_dir(args)))
+
+    serve = subparsers.add_parser("serve", help="run tritonserver on a model repository until Ctrl-C")
+    serve.add_argument("repository", type=Path, help="folder written by nld repo")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--tritonserver", help="tritonserver binary (default: $NLD_TRITONSERVER or nvidia-pytriton's)")
+    serve.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the model to be ready")
+    serve.set_defaults(handler=run_serve)
+
+    client = subparsers.add_parser("client", help="send one prompt to a running server over gRPC")
+    client.add_argument("--prompt", required=True)
+    client.add_argument("--url", default="127.0.0.1:8001", help="gRPC host:port")
+    client.add_argument("--mode", choices=[*MODES, AUTO], help="decoding mode (default: the server's)")
+    client.add_argument("--max-tokens", type=int)
+    client.add_argument("--no-stream", action="store_true", help="one response at the end instead of a stream")
+    client.add_argument("--temperature", type=float)
+    client.add_argument("--top-p", type=float)
+    client.add_argument("--seed", type=int)
+    client.add_argument("--block-length", type=int)
+    client.add_argument("--threshold", type=float)
+    client.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    client.set_defaults(handler=run_client)
+
+
+def run_repo(args: argparse.Namespace, model_dir: str) -> int:
+    settings = RepositorySettings(
+        model_dir=model_dir,
+        backend=args.backend,
+        dtype=args.dtype,
+        device=args.device,
+        max_batch=args.max_batch,
+        kv_blocks=args.kv_blocks,
+        kv_block_tokens=args.kv_block_tokens,
+        default_mode=args.default_mode,
+        default_max_tokens=args.default_max_tokens,
+        auto_threshold=args.auto_threshold,
+    )
+    print(write_repository(args.output, settings))
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    settings = ServerSettings(
+        args.repository, args.host, args.grpc_port, args.http_port, args.metrics_port, args.tritonserver
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server = TritonServer(settings)
+    print(f"starting tritonserver on {args.repository} ...", file=sys.stderr)
+    server.start(args.timeout)
+    try:
+        http = f"{settings.host}:{settings.http_port}"
+        print(f"ready: gRPC {settings.grpc_url}  HTTP {http}  metrics {settings.metrics_url}", flush=True)
+        print("Ctrl-C stops the server", file=sys.stderr, flush=True)
+        while not stop.wait(1.0):
+            if server.process is None or server.process.poll() is not None:
+                print(f"nld: error: tritonserver exited:\n{server.log_tail()}", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        print("tritonserver stopped", file=sys.stderr)
+    return 0
+
+
+def run_client(args: argparse.Namespace) -> int:
+    options = {
+        "mode": args.mode,
+        "max_tokens": args.max_tokens,
+        "stream": not args.no_stream,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "block_length": args.block_length,
+        "threshold": args.threshold,
+    }
+    show = None if args.json else (lambda piece: print(piece, end="", flush=True))
+    with NLDClient(args.url) as client:
+        result = client.generate(args.prompt, on_piece=show, **options)
+    if args.json:
+        print(json.dumps(result.__dict__))
+    else:
+        print()
+        print(
+            f"[{args.mode or 'server default'}] {len(result.output_ids)} tokens, nfe {result.nfe}, "
+            f"{result.tokens_per_forward:.3f} tokens/forward ({result.finish_reason})",
+            file=sys.stderr,
+        )
+    return 0

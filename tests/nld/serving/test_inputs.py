@@ -1,0 +1,63 @@
+"""Request inputs: TRT-LLM-style tensors parse into generation settings; every bad input is named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nld.models import default_model_dir
+from nld.serving.detokenize import IncrementalText
+from nld.serving.inputs import InputError, parse_inputs
+from nld.tokenizer import NLDTokenizer
+
+
+def tensors(**values: object) -> dict[str, np.ndarray]:
+    return {name: np.array([[value]]) for name, value in values.items()}
+
+
+def test_defaults_and_values() -> None:
+    parsed = parse_inputs(tensors(text_input=b"def f():"), "linear-spec", 64)
+    assert (parsed.text, parsed.mode, parsed.stream) == ("def f():", "linear-spec", True)
+    assert parsed.params.max_new_tokens == 64
+    parsed = parse_inputs(
+        tensors(text_input=b"x", mode=b"ar", max_tokens=5, stream=False, temperature=0.5, top_p=0.9, seed=7, end_id=2),
+        "linear-spec",
+        64,
+    )
+    params = parsed.params
+    assert parsed.mode == "ar" and not parsed.stream
+    assert (params.max_new_tokens, params.temperature, params.seed, params.eos_token_ids) == (5, 0.5, 7, (2,))
+    assert params.top_p == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize(
+    ("values", "name"),
+    [
+        ({"text_input": b"   "}, "text_input"),
+        ({}, "text_input"),
+        ({"text_input": b"x", "max_tokens": 0}, "max_tokens"),
+        ({"text_input": b"x", "mode": b"beam"}, "mode"),
+        ({"text_input": b"x", "threshold": 1.5}, "threshold"),
+        ({"text_input": b"x", "block_length": 0}, "block_length"),
+        ({"text_input": b"x", "top_p": 0.0}, "top_p"),
+    ],
+)
+def test_bad_inputs_are_named(values: dict, name: str) -> None:
+    with pytest.raises(InputError, match=f"input '{name}'"):
+        parse_inputs(tensors(**values), "ar", 16)
+
+
+def test_one_value_per_input() -> None:
+    with pytest.raises(InputError, match="expected one value"):
+        parse_inputs({"text_input": np.array([b"a", b"b"])}, "ar", 16)
+
+
+def test_incremental_text_adds_up_and_never_cuts_a_character() -> None:
+    tokenizer = NLDTokenizer.from_dir(default_model_dir())
+    assert tokenizer is not None
+    text = "def f(x):\n    return 'héllo → wörld' + x  # ✓\n"
+    ids = tokenizer.encode_prompt(text, chat=False)[1:]  # without BOS
+    stream = IncrementalText(tokenizer.decode)
+    pieces = [stream.push([token]) for token in ids] + [stream.flush()]
+    assert "".join(pieces) == tokenizer.decode(ids) == text
+    assert all("\ufffd" not in piece for piece in pieces)
