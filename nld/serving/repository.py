@@ -8,10 +8,7 @@ two never disagree. The repository is written to a temporary folder and renamed 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import string
-import tempfile
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,6 +18,7 @@ from nld.engine.scheduler import AUTO
 from nld.errors import NLDError
 from nld.modes import MODES
 from nld.serving.inputs import INPUTS, REQUIRED
+from nld.staging import staged_directory
 
 MODEL_NAME = "nld"
 
@@ -72,21 +70,11 @@ def write_repository(output: str | Path, settings: RepositorySettings) -> Path:
     load_checkpoint(model_dir)  # fail now, with the checkpoint's own error, rather than at server start
     settings = RepositorySettings(**{**asdict(settings), "model_dir": str(model_dir)})
     output = Path(output).resolve()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_directory(output) as staging:
         version_dir = staging / MODEL_NAME / "1"
         version_dir.mkdir(parents=True)
         (staging / MODEL_NAME / "config.pbtxt").write_text(render_config(settings))
         model_py = resources.files("nld.triton_repo") / MODEL_NAME / "1" / "model.py"
         (version_dir / "model.py").write_text(model_py.read_text())
         (staging / "nld_repository.json").write_text(json.dumps(asdict(settings), indent=2) + "\n")
-        for path in [staging, *staging.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from nld.checkpoint import ADAPTER_DIR, ADAPTER_PREFIX
+from nld.staging import staged_directory
 
 
 def nld_config_json(shape: dict[str, Any], mask_id: int, bos_id: int, eos_id: int, pad_id: int) -> dict[str, Any]:
@@ -47,9 +46,7 @@ def write_checkpoint(
 ) -> Path:
     """Write config/generation config/bf16 weights/tokenizer (+ adapter) to `output`, replacing it whole."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_directory(output) as staging:
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
         (staging / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
@@ -65,13 +62,4 @@ def write_checkpoint(
             save_file(named, staging / ADAPTER_DIR / "adapter_model.safetensors", metadata={"format": "pt"})
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
-        staging.chmod(0o755)  # mkdtemp makes 0700; the model is package data that every user reads
-        for path in staging.rglob("*"):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output
