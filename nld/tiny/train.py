@@ -47,9 +47,9 @@ class TrainSettings:
     block_size: int = 8
     seq_len: int = 256
     batch_size: int = 16
-    ar_steps: int = 1000
-    nld_steps: int = 300
-    chain_steps: int = 420
+    ar_steps: int = 1300
+    nld_steps: int = 600
+    chain_steps: int = 0
     lr: float = 2e-3
     chain_lr: float = 6e-4
     min_lr_ratio: float = 0.1
