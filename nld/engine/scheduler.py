@@ -107,6 +107,9 @@ class Engine:
             raise RequestError("mode", f"unknown mode '{mode}': choose one of {', '.join([*MODES, AUTO])}")
         if not prompt_ids:
             raise RequestError("prompt", "the prompt is empty")
+        vocab = self.backend.config.vocab_size
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise RequestError("prompt", f"prompt token ids must lie in [0, {vocab})")
         context = self.backend.config.max_position_embeddings
         if len(prompt_ids) + params.max_new_tokens > context:
             raise RequestError(
@@ -188,9 +191,13 @@ class Engine:
             self._waiting.popleft()
             request.lease = lease
             backend = self.backend
-            request.decoding = Decoding(
-                backend.config, request.prompt_ids, request.params, lease.cache, request.mode, backend.has_adapter
-            )
+            try:
+                request.decoding = Decoding(
+                    backend.config, request.prompt_ids, request.params, lease.cache, request.mode, backend.has_adapter
+                )
+            except ValueError as error:
+                self._finish(request, error=str(error))
+                continue
             request.policy = MODES[request.mode](request.decoding)
             self._running.append(request)
             self.metrics[f"requests_{request.mode}"] += 1
@@ -261,4 +268,7 @@ class Engine:
                     self._wake.wait()
                 if self._stop:
                     return
-            self.step()
+            try:
+                self.step()
+            except Exception:  # keep serving; the failure is in the log
+                LOG.exception("engine step failed")

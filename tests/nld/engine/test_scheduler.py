@@ -125,6 +125,7 @@ def test_auto_speculates_when_idle_and_runs_ar_under_load() -> None:
         ([], "ar", GenerationParams(), "prompt"),
         ([5, 6], "beam", GenerationParams(), "mode"),
         ([5, 6], "ar", GenerationParams(max_new_tokens=10**6), "max_new_tokens"),
+        ([5, 10**7], "ar", GenerationParams(), "prompt"),
     ],
 )
 def test_bad_requests_name_the_parameter(prompt: list[int], mode: str, params: GenerationParams, field: str) -> None:
