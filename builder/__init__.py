@@ -1,4 +1,4 @@
-"""nld.builder: GPU SKU registry, build plans, TensorRT / TensorRT-RTX engine builds, manifests.
+"""nld.builder: GPU SKU registry and build plans (skus.py, plan.py, the nld-build CLI).
 
-Not implemented yet: lands with the nld-build issue.
+TensorRT / TensorRT-RTX engine builds and manifests land with the rest of the nld-build issue.
 """
