@@ -11,36 +11,9 @@ from nld.config import load_config, parse_config
 from nld.errors import ConfigError
 from nld.rope import inverse_frequencies
 from tests.conftest import fixture_dir
+from tests.nld.helpers import RELEASED_8B
 
 transformers = pytest.importorskip("transformers")
-
-RELEASED_8B = {
-    "model_type": "nemotron_labs_diffusion",
-    "hidden_size": 4096,
-    "num_hidden_layers": 34,
-    "intermediate_size": 14336,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "vocab_size": 131072,
-    "rms_norm_eps": 1e-5,
-    "max_position_embeddings": 262144,
-    "tie_word_embeddings": False,
-    "mask_token_id": 100,
-    "block_size": 32,
-    "dlm_paradigm": "bidirectional",
-    "rope_parameters": {
-        "rope_type": "yarn",
-        "rope_theta": 1e9,
-        "factor": 16,
-        "original_max_position_embeddings": 16384,
-        "beta_fast": 32,
-        "beta_slow": 1,
-        "mscale": 1,
-        "mscale_all_dim": 1,
-        "llama_4_scaling_beta": 0.1,
-    },
-}
 
 
 def test_fixture_config_fields() -> None:

@@ -12,22 +12,7 @@ from nld.config import load_config, parse_config
 from nld.errors import NLDError
 from nld.model import NLDTransformer
 from tests.conftest import fixture_dir
-from tests.nld.helpers import backend_for
-
-EIGHT_B = {
-    "model_type": "nemotron_labs_diffusion",
-    "hidden_size": 4096,
-    "num_hidden_layers": 34,
-    "intermediate_size": 14336,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "vocab_size": 131072,
-    "max_position_embeddings": 32768,
-    "block_size": 32,
-    "mask_token_id": 100,
-    "rope_parameters": {"rope_theta": 1e6},
-}
+from tests.nld.helpers import RELEASED_8B, backend_for
 
 
 def test_registry_matches_the_targets() -> None:
@@ -56,7 +41,7 @@ def test_parameter_count_and_kv_size_match_the_real_model() -> None:
 
 
 def test_eight_b_plan_and_roofline() -> None:
-    config = parse_config(EIGHT_B)
+    config = parse_config(RELEASED_8B)
     bf16 = make_plan(config, get_sku("gb200"), "bf16", context=4096)
     int4 = make_plan(config, get_sku("gb200"), "int4-awq", context=4096)
     assert 8.4e9 < bf16.parameters < 8.6e9
