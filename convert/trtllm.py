@@ -1,0 +1,158 @@
+"""Export an NLD checkpoint to a TensorRT-LLM checkpoint (LLaMA-family naming) with tensor-parallel shards.
+
+Layout: `config.json` + `rank{r}.safetensors` for r < tp. Naming follows TRT-LLM's LLaMA converter:
+fused `attention.qkv` ([q; k; v] of the rank's heads), `attention.dense`, and TRT-LLM's MLP convention
+`mlp.fc` = gate_proj (the SiLU branch), `mlp.gate` = up_proj, `mlp.proj` = down_proj. Column-parallel
+weights split their output rows, row-parallel ones their input columns; KV heads are replicated when
+tp exceeds their number. `lm_head` (our diffusion head, which serves causal and bidirectional passes)
+is split by vocabulary rows; the embedding and norms are replicated. NLD's own fields go under `nld`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from nld.checkpoint import Checkpoint, load_checkpoint
+from nld.config import NLDConfig
+from nld.errors import NLDError
+from nld.staging import staged_directory
+
+TP_SIZES = (1, 2, 4, 8)
+Weights = dict[str, torch.Tensor]
+
+
+def check_tp(config: NLDConfig, tp: int) -> None:
+    """Refuse a tensor-parallel size the model's shape cannot be split by, naming the dimension."""
+    if tp not in TP_SIZES:
+        raise NLDError(f"tp must be one of {TP_SIZES}, got {tp}")
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    if heads % tp:
+        raise NLDError(f"tp {tp} does not divide num_attention_heads {heads}")
+    if kv % tp and tp % kv:
+        raise NLDError(f"tp {tp} and num_key_value_heads {kv}: neither divides the other")
+    if config.intermediate_size % tp:
+        raise NLDError(f"tp {tp} does not divide intermediate_size {config.intermediate_size}")
+    if config.vocab_size % tp:
+        raise NLDError(f"tp {tp} does not divide vocab_size {config.vocab_size}")
+
+
+def _rows(tensor: torch.Tensor, tp: int, rank: int) -> torch.Tensor:
+    return tensor.chunk(tp, dim=0)[rank]
+
+
+def _columns(tensor: torch.Tensor, tp: int, rank: int) -> torch.Tensor:
+    return tensor.chunk(tp, dim=1)[rank]
+
+
+def _kv_heads(tensor: torch.Tensor, config: NLDConfig, tp: int, rank: int) -> torch.Tensor:
+    kv = config.num_key_value_heads
+    heads = tensor.view(kv, config.head_dim, -1)
+    if kv >= tp:
+        return heads.chunk(tp, dim=0)[rank].reshape(-1, tensor.shape[1])
+    return heads[rank * kv // tp].reshape(-1, tensor.shape[1])  # replicated: tp/kv ranks share a KV head
+
+
+def _qkv(layer: Callable[[str], torch.Tensor], config: NLDConfig, tp: int, rank: int) -> torch.Tensor:
+    q = _rows(layer("self_attn.q_proj.weight"), tp, rank)
+    k = _kv_heads(layer("self_attn.k_proj.weight"), config, tp, rank)
+    v = _kv_heads(layer("self_attn.v_proj.weight"), config, tp, rank)
+    return torch.cat((q, k, v), dim=0)
+
+
+# TRT-LLM layer tensor -> how to make one rank's part of it from our layer tensors.
+LAYER_EXPORTS: dict[str, Callable[[Callable[[str], torch.Tensor], NLDConfig, int, int], torch.Tensor]] = {
+    "input_layernorm.weight": lambda layer, c, tp, r: layer("input_layernorm.weight"),
+    "attention.qkv.weight": _qkv,
+    "attention.dense.weight": lambda layer, c, tp, r: _columns(layer("self_attn.o_proj.weight"), tp, r),
+    "post_layernorm.weight": lambda layer, c, tp, r: layer("post_attention_layernorm.weight"),
+    "mlp.fc.weight": lambda layer, c, tp, r: _rows(layer("mlp.gate_proj.weight"), tp, r),
+    "mlp.gate.weight": lambda layer, c, tp, r: _rows(layer("mlp.up_proj.weight"), tp, r),
+    "mlp.proj.weight": lambda layer, c, tp, r: _columns(layer("mlp.down_proj.weight"), tp, r),
+}
+
+
+def rank_weights(checkpoint: Checkpoint, tp: int, rank: int, dtype: torch.dtype | None = None) -> Weights:
+    """Every tensor of one rank of the TRT-LLM checkpoint."""
+    config, weights = checkpoint.config, checkpoint.weights
+    head = weights["encoder.embed_tokens.weight"] if config.tie_word_embeddings else weights["diffusion_head.weight"]
+    out: Weights = {
+        "transformer.vocab_embedding.weight": weights["encoder.embed_tokens.weight"],
+        "transformer.ln_f.weight": weights["encoder.norm.weight"],
+        "lm_head.weight": _rows(head, tp, rank),
+    }
+    for index in range(config.num_hidden_layers):
+
+        def layer(name: str, index: int = index) -> torch.Tensor:
+            return weights[f"encoder.layers.{index}.{name}"]
+
+        for name, make in LAYER_EXPORTS.items():
+            out[f"transformer.layers.{index}.{name}"] = make(layer, config, tp, rank)
+    return {k: (v if dtype is None else v.to(dtype)).contiguous() for k, v in out.items()}
+
+
+def trtllm_config(config: NLDConfig, tp: int, dtype: str) -> dict:
+    """TRT-LLM's config.json for a LLaMA-family model, with the NLD fields under `nld`."""
+    rope = config.rope
+    scaling = None
+    if rope.rope_type == "yarn":
+        scaling = {
+            "type": "yarn",
+            "factor": rope.factor,
+            "original_max_position_embeddings": rope.original_max_position_embeddings,
+            "beta_fast": rope.beta_fast,
+            "beta_slow": rope.beta_slow,
+            "mscale": rope.mscale,
+            "mscale_all_dim": rope.mscale_all_dim,
+        }
+    return {
+        "architecture": "LlamaForCausalLM",
+        "dtype": dtype,
+        "logits_dtype": "float32",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads,
+        "head_size": config.head_dim,
+        "intermediate_size": config.intermediate_size,
+        "hidden_act": "silu",
+        "norm_epsilon": config.rms_norm_eps,
+        "max_position_embeddings": config.max_position_embeddings,
+        "position_embedding_type": "rope_gpt_neox",
+        "rotary_base": rope.theta,
+        "rotary_scaling": scaling,
+        "tie_word_embeddings": False,  # lm_head is written out (the diffusion head)
+        "mapping": {"world_size": tp, "tp_size": tp, "pp_size": 1},
+        "quantization": {"quant_algo": None, "kv_cache_quant_algo": None},
+        "nld": {
+            "mask_token_id": config.mask_token_id,
+            "block_size": config.block_size,
+            "dlm_paradigm": config.dlm_paradigm,
+            "eos_token_ids": list(config.eos_token_ids),
+            "bos_token_id": config.bos_token_id,
+            "rope": asdict(rope),
+            "lm_head": "diffusion_head: serves causal (next-token) and bidirectional (masked-token) passes",
+        },
+    }
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def export_trtllm(model_dir: str | Path, output: str | Path, tp: int = 1, dtype: str = "bfloat16") -> Path:
+    """Write the TRT-LLM checkpoint of `model_dir` to `output` (atomically)."""
+    if dtype not in DTYPES:
+        raise NLDError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
+    checkpoint = load_checkpoint(model_dir, with_adapter=False)
+    check_tp(checkpoint.config, tp)
+    with staged_directory(output) as staging:
+        (staging / "config.json").write_text(json.dumps(trtllm_config(checkpoint.config, tp, dtype), indent=2) + "\n")
+        for rank in range(tp):
+            save_file(rank_weights(checkpoint, tp, rank, DTYPES[dtype]), staging / f"rank{rank}.safetensors")
+    return Path(output)
