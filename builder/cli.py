@@ -1,4 +1,4 @@
-"""`nld-build`: the target matrix and build plans (the export and engine stages land with issue 5)."""
+"""`nld-build`: the target matrix, build plans, and builds (a thin wrapper over nld.builder.pipeline)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from nld.builder.pipeline import BuildRequest, build
 from nld.builder.plan import make_plan, plan_table
 from nld.builder.skus import PRECISIONS, SKUS, get_sku, targets_table
 from nld.config import load_config
@@ -19,7 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="Hugging Face NLD checkpoint folder")
     parser.add_argument("--target", help=f"one of {', '.join(SKUS)}")
     parser.add_argument("--precision", help=f"one of {', '.join(PRECISIONS)}")
-    parser.add_argument("--max-context", type=int, help="context per sequence for the plan (default: the model's)")
+    parser.add_argument("--output", type=Path, help="build folder (written atomically)")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size: 1, 2, 4 or 8")
+    parser.add_argument("--max-batch", type=int, default=16, help="requests decoded at once")
+    parser.add_argument("--max-context", type=int, help="context per sequence (default: the model's)")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --output")
     parser.add_argument("--memory-fraction", type=float, default=0.9, help="share of device memory to plan for")
     parser.add_argument("--dry-run", action="store_true", help="print the build plan and stop")
     parser.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
@@ -37,14 +43,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             raise NLDError(f"{', '.join(missing)} required (or --list-targets)")
         sku = get_sku(args.target)
-        config = load_config(args.model)
-        plan = make_plan(config, sku, args.precision, args.max_context, args.memory_fraction)
-        if not args.dry_run:
-            raise NLDError(
-                "only --dry-run (the build plan) and --list-targets are available so far; the export, "
-                "engine and repository stages are not implemented yet"
-            )
-        print(json.dumps(plan.as_dict(), indent=2) if args.json else plan_table(plan))
+        if args.dry_run:
+            plan = make_plan(load_config(args.model), sku, args.precision, args.max_context, args.memory_fraction)
+            print(json.dumps(plan.as_dict(), indent=2) if args.json else plan_table(plan))
+            return 0
+        if args.output is None:
+            raise NLDError("--output required (or --dry-run)")
+        request = BuildRequest(
+            Path(args.model),
+            args.target,
+            args.precision,
+            args.output,
+            args.tp,
+            args.max_batch,
+            args.max_context,
+            args.force,
+        )
+        print(build(request, log=lambda line: print(line, file=sys.stderr)))
         return 0
     except (NLDError, ValueError) as error:
         print(f"nld-build: error: {error}", file=sys.stderr)

@@ -1,4 +1,2 @@
-"""nld.convert: HF NLD checkpoint -> TRT-LLM checkpoint, ONNX step network, TP shards.
-
-Not implemented yet: the conversion stages land with the nld-build and ONNX issues.
-"""
+"""nld.convert: HF NLD checkpoint -> TRT-LLM checkpoint with TP shards (trtllm.py) and its independent
+NumPy check (trtllm_check.py). The ONNX step network lands with the ONNX issue."""

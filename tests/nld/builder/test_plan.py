@@ -75,7 +75,7 @@ def test_cli_lists_targets_and_refuses_bad_input(capsys: pytest.CaptureFixture[s
         (["--model", "/nonexistent", "--target", "gb200", "--precision", "fp8", "--dry-run"], "/nonexistent"),
         (["--model", model, "--target", "h100", "--precision", "fp8"], "unknown target"),
         (["--target", "gb200"], "--model, --precision required"),
-        (["--model", model, "--target", "gb200", "--precision", "fp8"], "only --dry-run"),
+        (["--model", model, "--target", "gb200", "--precision", "fp8"], "--output required"),
     ]
     for argv, message in cases:
         assert main(argv) == 2

@@ -1,0 +1,154 @@
+"""`nld-build` as a library: check everything, then run the stages into a staged output folder.
+
+Stages: plan -> (quantize) -> TRT-LLM checkpoint -> (engine) -> Triton repository -> manifest. A stage
+that cannot run here is recorded in the manifest as not built, with the reason and, where one exists,
+the exact command that finishes it on a GPU host. Nothing is faked, nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nld.builder.plan import make_plan
+from nld.builder.skus import Sku, get_sku
+from nld.checkpoint import load_checkpoint
+from nld.convert.trtllm import check_tp, export_trtllm
+from nld.errors import NLDError
+from nld.serving.repository import RepositorySettings, write_repository
+from nld.staging import staged_directory
+
+EXPORT_DTYPE = {"bf16": "bfloat16", "fp16": "float16"}
+QUANTIZED = ("fp8", "int4-awq", "nvfp4")
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    model: Path
+    target: str
+    precision: str
+    output: Path
+    tp: int = 1
+    max_batch: int = 16
+    max_context: int | None = None
+    force: bool = False
+
+
+@dataclass
+class StageRecord:
+    name: str
+    built: bool
+    artifacts: list[str] = field(default_factory=list)
+    reason: str | None = None
+    command: str | None = None
+    seconds: float = 0.0
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("nld", "torch", "safetensors", "numpy", "tensorrt", "tensorrt_llm", "tensorrt-rtx"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def check_request(request: BuildRequest) -> tuple[Sku, object]:
+    """Every check that can fail, before any work. Returns (sku, plan)."""
+    sku = get_sku(request.target)
+    checkpoint = load_checkpoint(request.model, with_adapter=False)  # names the file/tensor at fault
+    plan = make_plan(checkpoint.config, sku, request.precision, request.max_context)
+    if request.precision in QUANTIZED:
+        raise NLDError(
+            f"precision '{request.precision}' needs ModelOpt quantization, which nld-build does not run yet; "
+            f"bf16 and fp16 build now"
+        )
+    check_tp(checkpoint.config, request.tp)
+    output = Path(request.output)
+    if output.exists() and any(output.iterdir()) and not request.force:
+        raise NLDError(f"{output} exists and is not empty; pass --force to replace it")
+    if request.max_batch < 1:
+        raise NLDError(f"--max-batch must be >= 1, got {request.max_batch}")
+    return sku, plan
+
+
+def _engine_stage(request: BuildRequest, sku: Sku, context: int) -> StageRecord:
+    if sku.engine_builder is None:
+        return StageRecord("engine", False, reason=f"target '{sku.name}' runs the torch backend; no engine")
+    if sku.engine_builder == "tensorrt":
+        command = (
+            f"trtllm-build --checkpoint_dir {request.output}/trtllm_checkpoint --output_dir {request.output}/engine "
+            f"--max_batch_size {request.max_batch} --max_seq_len {context} --gemm_plugin auto"
+        )
+        return StageRecord(
+            "engine", False, reason="datacenter TensorRT-LLM and a GPU are not available here", command=command
+        )
+    return StageRecord(
+        "engine", False, reason="TensorRT-RTX engines are built from the ONNX step network, not implemented yet"
+    )
+
+
+def build(request: BuildRequest, log: Log = print) -> Path:
+    """Run the whole build into `request.output` (written atomically); returns the output path."""
+    sku, plan = check_request(request)
+    started = time.perf_counter()
+    stages: list[StageRecord] = []
+    with staged_directory(request.output) as staging:
+        (staging / "plan.json").write_text(json.dumps(plan.as_dict(), indent=2) + "\n")  # type: ignore[attr-defined]
+        stages.append(StageRecord("plan", True, ["plan.json"]))
+        stages.append(StageRecord("quantize", False, reason=f"not needed for {request.precision}"))
+
+        log(f"exporting the TRT-LLM checkpoint (tp {request.tp}, {EXPORT_DTYPE[request.precision]}) ...")
+        began = time.perf_counter()
+        export_trtllm(request.model, staging / "trtllm_checkpoint", request.tp, EXPORT_DTYPE[request.precision])
+        files = sorted(str(p.relative_to(staging)) for p in (staging / "trtllm_checkpoint").iterdir())
+        stages.append(StageRecord("trtllm_checkpoint", True, files, seconds=time.perf_counter() - began))
+
+        stages.append(_engine_stage(request, sku, plan.context))  # type: ignore[attr-defined]
+
+        log("writing the Triton model repository ...")
+        device = "cpu" if sku.engine_builder is None else "cuda"
+        settings = RepositorySettings(str(Path(request.model).resolve()), device=device, max_batch=request.max_batch)
+        write_repository(staging / "triton_repo", settings)
+        repo_files = sorted(str(p.relative_to(staging)) for p in (staging / "triton_repo").rglob("*") if p.is_file())
+        note = "serves the checkpoint with the torch backend until engine backends land"
+        stages.append(StageRecord("triton_repository", True, repo_files, reason=note))
+
+        log("hashing inputs and artifacts ...")
+        model_dir = Path(request.model).resolve()
+        inputs = {str(p.relative_to(model_dir)): sha256(p) for p in sorted(model_dir.rglob("*")) if p.is_file()}
+        artifacts = {name: sha256(staging / name) for stage in stages for name in stage.artifacts}
+        manifest = {
+            "request": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(request).items()},
+            "target": asdict(sku),
+            "precision": request.precision,
+            "plan": plan.as_dict(),  # type: ignore[attr-defined]
+            "inputs": {"model_dir": str(model_dir), "files": inputs},
+            "versions": _versions(),
+            "stages": [asdict(stage) for stage in stages],
+            "artifacts": artifacts,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    for stage in stages:
+        state = "built" if stage.built else "NOT built"
+        log(f"  {stage.name}: {state}" + (f" ({stage.reason})" if stage.reason else ""))
+        if stage.command:
+            log(f"    finish on a GPU host: {stage.command}")
+    return Path(request.output)

@@ -1,0 +1,81 @@
+"""nld-build end to end on a fixture: outputs, an honest manifest, refusals before work, atomic output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import nld.builder.pipeline as pipeline
+from nld.builder.cli import main
+from nld.builder.pipeline import BuildRequest, build, sha256
+from nld.errors import NLDError
+from tests.conftest import fixture_dir
+
+
+def request(tmp_path: Path, **changes: object) -> BuildRequest:
+    values = {"model": fixture_dir("tiny_b8"), "target": "gb200", "precision": "bf16", "output": tmp_path / "out"}
+    return BuildRequest(**{**values, **changes})  # type: ignore[arg-type]
+
+
+def test_gb200_bf16_build_writes_checkpoint_repository_and_manifest(tmp_path: Path) -> None:
+    out = build(request(tmp_path, tp=2), log=lambda line: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    stages = {stage["name"]: stage for stage in manifest["stages"]}
+    assert stages["trtllm_checkpoint"]["built"] and stages["triton_repository"]["built"]
+    engine = stages["engine"]
+    assert not engine["built"] and "not available here" in engine["reason"]
+    assert engine["command"].startswith("trtllm-build --checkpoint_dir") and "--max_batch_size 16" in engine["command"]
+    assert (out / "trtllm_checkpoint" / "rank1.safetensors").exists()
+    assert (out / "triton_repo" / "nld" / "config.pbtxt").exists()
+    for name, digest in manifest["artifacts"].items():
+        assert sha256(out / name) == digest, name
+    assert manifest["inputs"]["files"]["model.safetensors"] == sha256(fixture_dir("tiny_b8") / "model.safetensors")
+    assert manifest["target"]["cuda_arch"] == "sm_100a" and manifest["plan"]["precision"] == "bf16"
+    assert manifest["versions"]["tensorrt_llm"] == "not installed"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model": Path("/nonexistent/model")}, "/nonexistent/model"),
+        ({"target": "h100"}, "unknown target 'h100'"),
+        ({"target": "cpu", "precision": "nvfp4"}, "does not support precision 'nvfp4'"),
+        ({"tp": 8}, "tp 8 does not divide num_attention_heads 4"),
+        ({"precision": "fp8"}, "needs ModelOpt quantization"),
+    ],
+)
+def test_bad_requests_fail_before_any_work(tmp_path: Path, changes: dict, message: str) -> None:
+    with pytest.raises(NLDError, match=message):
+        build(request(tmp_path, **changes), log=lambda line: None)
+    assert not list(tmp_path.iterdir())
+
+
+def test_existing_output_needs_force(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(NLDError, match="pass --force"):
+        build(request(tmp_path), log=lambda line: None)
+    assert (tmp_path / "out" / "keep.txt").exists()
+    build(request(tmp_path, force=True), log=lambda line: None)
+    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_interrupted_build_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "write_repository", interrupted)  # fail in the stage after the export
+    with pytest.raises(KeyboardInterrupt):
+        build(request(tmp_path), log=lambda line: None)
+    assert not list(tmp_path.iterdir())  # neither OUT nor a staging folder
+
+
+def test_cli_build_and_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = str(fixture_dir("tiny_b8"))
+    argv = ["--model", model, "--target", "rtx-pro-6000", "--precision", "fp16", "--output", str(tmp_path / "o")]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "engine: NOT built" in captured.err and (tmp_path / "o" / "manifest.json").exists()
+    assert main(argv) == 2 and "pass --force" in capsys.readouterr().err
