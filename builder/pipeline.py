@@ -116,7 +116,7 @@ def build(request: BuildRequest, log: Log = print) -> Path:
 
         log(f"exporting the TRT-LLM checkpoint (tp {request.tp}, {EXPORT_DTYPE[request.precision]}) ...")
         began = time.perf_counter()
-        export_trtllm(request.model, staging / "trtllm_checkpoint", request.tp, EXPORT_DTYPE[request.precision])
+        export_trtllm(request.model, staging / "trtllm_checkpoint", request.tp, EXPORT_DTYPE[request.precision], True)
         files = sorted(str(p.relative_to(staging)) for p in (staging / "trtllm_checkpoint").iterdir())
         stages.append(StageRecord("trtllm_checkpoint", True, files, seconds=time.perf_counter() - began))
 

@@ -11,15 +11,16 @@ is split by vocabulary rows; the embedding and norms are replicated. NLD's own f
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from tqdm import tqdm
 
-from nld.checkpoint import Checkpoint, load_checkpoint
-from nld.config import NLDConfig
+from nld.checkpoint import Checkpoint, LazyWeights
+from nld.config import NLDConfig, load_config
+from nld.convert.safetensors_stream import write_streaming
 from nld.errors import NLDError
 from nld.staging import staged_directory
 
@@ -77,14 +78,17 @@ LAYER_EXPORTS: dict[str, Callable[[Callable[[str], torch.Tensor], NLDConfig, int
 }
 
 
-def rank_weights(checkpoint: Checkpoint, tp: int, rank: int, dtype: torch.dtype | None = None) -> Weights:
-    """Every tensor of one rank of the TRT-LLM checkpoint."""
-    config, weights = checkpoint.config, checkpoint.weights
-    head = weights["encoder.embed_tokens.weight"] if config.tie_word_embeddings else weights["diffusion_head.weight"]
-    out: Weights = {
-        "transformer.vocab_embedding.weight": weights["encoder.embed_tokens.weight"],
-        "transformer.ln_f.weight": weights["encoder.norm.weight"],
-        "lm_head.weight": _rows(head, tp, rank),
+Maker = Callable[[], torch.Tensor]
+
+
+def rank_makers(weights: Mapping[str, torch.Tensor], config: NLDConfig, tp: int, rank: int) -> dict[str, Maker]:
+    """For every tensor of one rank of the TRT-LLM checkpoint, a function that makes it from `weights`
+    (read lazily: each maker touches only the source tensors it needs)."""
+    head = "encoder.embed_tokens.weight" if config.tie_word_embeddings else "diffusion_head.weight"
+    makers: dict[str, Maker] = {
+        "transformer.vocab_embedding.weight": lambda: weights["encoder.embed_tokens.weight"],
+        "transformer.ln_f.weight": lambda: weights["encoder.norm.weight"],
+        "lm_head.weight": lambda: _rows(weights[head], tp, rank),
     }
     for index in range(config.num_hidden_layers):
 
@@ -92,8 +96,14 @@ def rank_weights(checkpoint: Checkpoint, tp: int, rank: int, dtype: torch.dtype 
             return weights[f"encoder.layers.{index}.{name}"]
 
         for name, make in LAYER_EXPORTS.items():
-            out[f"transformer.layers.{index}.{name}"] = make(layer, config, tp, rank)
-    return {k: (v if dtype is None else v.to(dtype)).contiguous() for k, v in out.items()}
+            makers[f"transformer.layers.{index}.{name}"] = lambda make=make, layer=layer: make(layer, config, tp, rank)
+    return makers
+
+
+def rank_weights(checkpoint: Checkpoint, tp: int, rank: int, dtype: torch.dtype | None = None) -> Weights:
+    """Every tensor of one rank of the TRT-LLM checkpoint, in memory."""
+    makers = rank_makers(checkpoint.weights, checkpoint.config, tp, rank)
+    return {name: (make() if dtype is None else make().to(dtype)).contiguous() for name, make in makers.items()}
 
 
 def trtllm_config(config: NLDConfig, tp: int, dtype: str) -> dict:
@@ -145,14 +155,28 @@ def trtllm_config(config: NLDConfig, tp: int, dtype: str) -> dict:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def export_trtllm(model_dir: str | Path, output: str | Path, tp: int = 1, dtype: str = "bfloat16") -> Path:
-    """Write the TRT-LLM checkpoint of `model_dir` to `output` (atomically)."""
+def export_trtllm(
+    model_dir: str | Path, output: str | Path, tp: int = 1, dtype: str = "bfloat16", progress: bool = False
+) -> Path:
+    """Write the TRT-LLM checkpoint of `model_dir` to `output` (atomically), streaming tensor by tensor:
+    at most one source tensor and its converted rank slice are in memory at a time."""
     if dtype not in DTYPES:
         raise NLDError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
-    checkpoint = load_checkpoint(model_dir, with_adapter=False)
-    check_tp(checkpoint.config, tp)
+    config = load_config(model_dir)
+    weights = LazyWeights(model_dir, config)
+    check_tp(config, tp)
+    target = DTYPES[dtype]
     with staged_directory(output) as staging:
-        (staging / "config.json").write_text(json.dumps(trtllm_config(checkpoint.config, tp, dtype), indent=2) + "\n")
+        (staging / "config.json").write_text(json.dumps(trtllm_config(config, tp, dtype), indent=2) + "\n")
         for rank in range(tp):
-            save_file(rank_weights(checkpoint, tp, rank, DTYPES[dtype]), staging / f"rank{rank}.safetensors")
+            makers = rank_makers(weights, config, tp, rank)
+            shapes = {name: tuple(make().shape) for name, make in rank_makers(weights.meta(), config, tp, rank).items()}
+            with tqdm(total=len(shapes), desc=f"rank {rank + 1}/{tp}", unit="tensor", disable=not progress) as bar:
+
+                def produce(name: str, makers: dict[str, Maker] = makers, bar: tqdm = bar) -> torch.Tensor:
+                    bar.update()
+                    return makers[name]().to(target)
+
+                entries = [(name, shape, target) for name, shape in shapes.items()]
+                write_streaming(staging / f"rank{rank}.safetensors", entries, produce)
     return Path(output)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +96,47 @@ def iter_tensors(files: dict[str, Path], names: list[str]) -> Iterator[tuple[str
         with _open(path) as handle:
             for name in file_names:
                 yield name, handle.get_tensor(name), path
+
+
+FILE_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+class LazyWeights(Mapping[str, torch.Tensor]):
+    """An NLD checkpoint's weights with names, shapes and dtypes validated from the file headers, each
+    tensor read from disk only when asked for: conversions stream through it one tensor at a time."""
+
+    def __init__(self, model_dir: str | Path, config: NLDConfig) -> None:
+        self.files = _weight_files(Path(model_dir))
+        expected = expected_shapes(config)
+        _check_names(set(self.files), set(expected), str(model_dir))
+        self.specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        by_file: dict[Path, list[str]] = {}
+        for name in sorted(expected):
+            by_file.setdefault(self.files[name], []).append(name)
+        for path, names in by_file.items():
+            with _open(path) as handle:
+                for name in names:
+                    view = handle.get_slice(name)
+                    shape, dtype = tuple(view.get_shape()), FILE_DTYPES.get(view.get_dtype())
+                    if shape != expected[name]:
+                        raise CheckpointError(f"{path}: tensor '{name}' has shape {shape}, expected {expected[name]}")
+                    if dtype is None:
+                        raise CheckpointError(f"{path}: tensor '{name}' has dtype {view.get_dtype()}, not a float")
+                    self.specs[name] = (shape, dtype)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        with _open(self.files[name]) as handle:
+            return handle.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def meta(self) -> dict[str, torch.Tensor]:
+        """Data-free stand-ins of every tensor (same shape and dtype), to plan a conversion."""
+        return {name: torch.empty(shape, dtype=dtype, device="meta") for name, (shape, dtype) in self.specs.items()}
 
 
 def load_weights(model_dir: str | Path, config: NLDConfig) -> dict[str, torch.Tensor]:
