@@ -25,21 +25,9 @@ import torch
 from nld.config import parse_config
 from nld.convert.safetensors_stream import write_streaming
 from nld.model import NLDTransformer
+from nld.models.released import RELEASED_CONFIGS
 
-EIGHT_B = {
-    "model_type": "nemotron_labs_diffusion",
-    "hidden_size": 4096,
-    "num_hidden_layers": 34,
-    "intermediate_size": 14336,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "vocab_size": 131072,
-    "max_position_embeddings": 262144,
-    "mask_token_id": 100,
-    "block_size": 32,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
-}
+EIGHT_B = RELEASED_CONFIGS["8b"]
 
 
 def random_checkpoint(directory: Path, layers: int) -> tuple[int, int]:

@@ -11,38 +11,12 @@ import torch
 from nld.backends import TorchBackend
 from nld.checkpoint import load_checkpoint
 from nld.kv_cache import KVCache
+from nld.models.released import RELEASED_CONFIGS
 from nld.sampling import Sampler
 from nld.step import StepRequest
 from tests.conftest import fixture_dir
 
-# config.json of the released NLD-8B (the shape that plans and conversions are checked on).
-RELEASED_8B = {
-    "model_type": "nemotron_labs_diffusion",
-    "hidden_size": 4096,
-    "num_hidden_layers": 34,
-    "intermediate_size": 14336,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "vocab_size": 131072,
-    "rms_norm_eps": 1e-5,
-    "max_position_embeddings": 262144,
-    "tie_word_embeddings": False,
-    "mask_token_id": 100,
-    "block_size": 32,
-    "dlm_paradigm": "bidirectional",
-    "rope_parameters": {
-        "rope_type": "yarn",
-        "rope_theta": 1e9,
-        "factor": 16,
-        "original_max_position_embeddings": 16384,
-        "beta_fast": 32,
-        "beta_slow": 1,
-        "mscale": 1,
-        "mscale_all_dim": 1,
-        "llama_4_scaling_beta": 0.1,
-    },
-}
+RELEASED_8B = RELEASED_CONFIGS["8b"]  # the shape that plans and conversions are checked on
 
 
 @cache
