@@ -10,6 +10,7 @@ import pytest
 import nld.builder.pipeline as pipeline
 from nld.builder.cli import main
 from nld.builder.pipeline import BuildRequest, build, sha256
+from nld.builder.skus import SKUS
 from nld.errors import NLDError
 from tests.conftest import fixture_dir
 
@@ -79,3 +80,15 @@ def test_cli_build_and_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str
     captured = capsys.readouterr()
     assert "engine: NOT built" in captured.err and (tmp_path / "o" / "manifest.json").exists()
     assert main(argv) == 2 and "pass --force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", list(SKUS))
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_every_target_builds_every_precision_nld_build_runs_here(tmp_path: Path, target: str, precision: str) -> None:
+    out = build(request(tmp_path, target=target, precision=precision), log=lambda line: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    stages = {stage["name"]: stage for stage in manifest["stages"]}
+    assert stages["trtllm_checkpoint"]["built"] and stages["triton_repository"]["built"]
+    assert not stages["engine"]["built"] and stages["engine"]["reason"]
+    config = json.loads((out / "trtllm_checkpoint" / "config.json").read_text())
+    assert config["dtype"] == {"bf16": "bfloat16", "fp16": "float16"}[precision]
