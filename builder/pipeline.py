@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from nld.builder.plan import make_plan
 from nld.builder.skus import Sku, get_sku
 from nld.checkpoint import load_checkpoint
@@ -51,12 +53,21 @@ class StageRecord:
     seconds: float = 0.0
 
 
-def sha256(path: Path) -> str:
+def sha256(path: Path, bar: tqdm | None = None) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         while chunk := stream.read(1 << 20):
             digest.update(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
     return digest.hexdigest()
+
+
+def hash_files(root: Path, names: list[str]) -> dict[str, str]:
+    """sha256 of each file under `root`, with a progress bar over the bytes."""
+    total = sum((root / name).stat().st_size for name in names)
+    with tqdm(total=total, desc="sha256", unit="B", unit_scale=True, disable=total < 1 << 28) as bar:
+        return {name: sha256(root / name, bar) for name in names}
 
 
 def _versions() -> dict[str, str]:
@@ -132,8 +143,10 @@ def build(request: BuildRequest, log: Log = print) -> Path:
 
         log("hashing inputs and artifacts ...")
         model_dir = Path(request.model).resolve()
-        inputs = {str(p.relative_to(model_dir)): sha256(p) for p in sorted(model_dir.rglob("*")) if p.is_file()}
-        artifacts = {name: sha256(staging / name) for stage in stages for name in stage.artifacts}
+        inputs = hash_files(
+            model_dir, [str(p.relative_to(model_dir)) for p in sorted(model_dir.rglob("*")) if p.is_file()]
+        )
+        artifacts = hash_files(staging, [name for stage in stages for name in stage.artifacts])
         manifest = {
             "request": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(request).items()},
             "target": asdict(sku),
