@@ -18,14 +18,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from nld.checkpoint import Checkpoint, LazyWeights
+from nld.checkpoint import LazyWeights
 from nld.config import NLDConfig, load_config
 from nld.convert.safetensors_stream import write_streaming
 from nld.errors import NLDError
 from nld.staging import staged_directory
 
 TP_SIZES = (1, 2, 4, 8)
-Weights = dict[str, torch.Tensor]
 
 
 def check_tp(config: NLDConfig, tp: int) -> None:
@@ -98,12 +97,6 @@ def rank_makers(weights: Mapping[str, torch.Tensor], config: NLDConfig, tp: int,
         for name, make in LAYER_EXPORTS.items():
             makers[f"transformer.layers.{index}.{name}"] = lambda make=make, layer=layer: make(layer, config, tp, rank)
     return makers
-
-
-def rank_weights(checkpoint: Checkpoint, tp: int, rank: int, dtype: torch.dtype | None = None) -> Weights:
-    """Every tensor of one rank of the TRT-LLM checkpoint, in memory."""
-    makers = rank_makers(checkpoint.weights, checkpoint.config, tp, rank)
-    return {name: (make() if dtype is None else make().to(dtype)).contiguous() for name, make in makers.items()}
 
 
 def trtllm_config(config: NLDConfig, tp: int, dtype: str) -> dict:

@@ -119,9 +119,13 @@ class LazyWeights(Mapping[str, torch.Tensor]):
                     view = handle.get_slice(name)
                     shape, dtype = tuple(view.get_shape()), FILE_DTYPES.get(view.get_dtype())
                     if shape != expected[name]:
-                        raise CheckpointError(f"{path}: tensor '{name}' has shape {shape}, expected {expected[name]}")
+                        raise CheckpointError(
+                            f"{path}: tensor '{name}' has shape {shape}, expected {expected[name]} from config.json"
+                        )
                     if dtype is None:
-                        raise CheckpointError(f"{path}: tensor '{name}' has dtype {view.get_dtype()}, not a float")
+                        raise CheckpointError(
+                            f"{path}: tensor '{name}' has dtype {view.get_dtype()}, expected a float type"
+                        )
                     self.specs[name] = (shape, dtype)
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -141,20 +145,8 @@ class LazyWeights(Mapping[str, torch.Tensor]):
 
 def load_weights(model_dir: str | Path, config: NLDConfig) -> dict[str, torch.Tensor]:
     """Load and validate every weight of an NLD checkpoint; errors name the file and tensor."""
-    model_dir = Path(model_dir)
-    files = _weight_files(model_dir)
-    shapes = expected_shapes(config)
-    _check_names(set(files), set(shapes), str(model_dir))
-    weights = {}
-    for name, tensor, path in iter_tensors(files, sorted(shapes)):
-        if tuple(tensor.shape) != shapes[name]:
-            raise CheckpointError(
-                f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, expected {shapes[name]} from config.json"
-            )
-        if not tensor.is_floating_point():
-            raise CheckpointError(f"{path}: tensor '{name}' has dtype {tensor.dtype}, expected a float type")
-        weights[name] = tensor
-    return weights
+    lazy = LazyWeights(model_dir, config)  # names, shapes and dtypes, checked from the file headers
+    return {name: tensor for name, tensor, _ in iter_tensors(lazy.files, sorted(lazy.specs))}
 
 
 @dataclass(frozen=True)
