@@ -128,17 +128,6 @@ class Engine:
             self._wake.notify()
         return request.request_id
 
-    def generate(self, prompt_ids: list[int], mode: str, params: GenerationParams | None = None) -> Generation:
-        """Submit one request and step the engine until it ends (no background thread needed)."""
-        done: list[Update] = []
-        self.submit(prompt_ids, mode, params or GenerationParams(), lambda u: done.append(u) if u.finished else None)
-        while not done:
-            self.step()
-        if done[0].error:
-            raise RuntimeError(done[0].error)
-        assert done[0].generation is not None
-        return done[0].generation
-
     def _capacity(self, request: _Running, mode: str) -> int:
         return cache_capacity(len(request.prompt_ids), mode, request.params, self.backend.config.block_size)
 
