@@ -13,6 +13,12 @@ FIXTURES = Path(os.environ.get("NLD_FIXTURES", REPO.parent / "shared" / "fixture
 FIXTURE_CASES = ["tiny_b8", "tiny_b8_eos", "tiny_b8_spec_lora"]
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+# (backend, device) pairs that must reproduce the golden fixtures.
+BACKEND_DEVICES = [
+    ("torch", "cpu"),
+    pytest.param("torch", "cuda", marks=pytest.mark.gpu),
+    ("onnxruntime", "cpu"),
+]
 
 
 def fixture_dir(case: str) -> Path:

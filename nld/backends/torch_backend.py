@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from nld.backends.padded import PaddedBatchBackend
 from nld.checkpoint import Checkpoint
 from nld.config import NLDConfig
 from nld.errors import NLDError
-from nld.kv_cache import KVCache
 from nld.model import KV, NLDTransformer
-from nld.sampling import select_tokens
-from nld.step import StepRequest, StepResult
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -24,20 +22,7 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[key]
 
 
-def attention_bias(requests: list[StepRequest], prefix: int, steps: int, device: torch.device) -> torch.Tensor:
-    """Additive bias [B, 1, steps, prefix + steps]: 0 where attending, -inf elsewhere (padding included)."""
-    allowed = torch.zeros(len(requests), steps, prefix + steps, dtype=torch.bool)
-    for row, request in enumerate(requests):
-        count = request.token_ids.shape[0]
-        allowed[row, :, : request.cache.length] = True
-        allowed[row, :count, prefix : prefix + count] = request.visibility.cpu()
-        padding = torch.arange(count, steps)
-        allowed[row, padding, prefix + padding] = True  # padded queries see themselves only (no NaN rows)
-    bias = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, float("-inf"))
-    return bias.unsqueeze(1).to(device)
-
-
-class TorchBackend:
+class TorchBackend(PaddedBatchBackend):
     """Step backend over the PyTorch reference model."""
 
     name = "torch"
@@ -56,51 +41,12 @@ class TorchBackend:
             raise NLDError(f"device '{device}' requested but this torch build sees no CUDA device")
         return cls(NLDTransformer.from_checkpoint(checkpoint, resolve_dtype(dtype), device))
 
-    def new_cache(self, capacity: int) -> KVCache:
-        c = self.config
-        return KVCache(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, capacity, self.dtype, self.device)
+    def _forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, past: list[KV], adapter: bool
+    ) -> tuple[torch.Tensor, list[KV]]:
+        with torch.inference_mode():
+            return self.model(input_ids, positions, bias, past, adapter)
 
-    def _batched_past(self, requests: list[StepRequest], prefix: int) -> list[KV]:
-        if len(requests) == 1:
-            cache = requests[0].cache
-            return [tuple(t.unsqueeze(0) for t in cache.layer(i)) for i in range(self.config.num_hidden_layers)]  # type: ignore[misc]
-        past = []
-        for layer in range(self.config.num_hidden_layers):
-            shape = (len(requests), self.config.num_key_value_heads, prefix, self.config.head_dim)
-            keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            values = torch.zeros_like(keys)
-            for row, request in enumerate(requests):
-                key, value = request.cache.layer(layer)
-                keys[row, :, : key.shape[1]] = key
-                values[row, :, : value.shape[1]] = value
-            past.append((keys, values))
-        return past
-
-    @torch.inference_mode()
-    def step(self, requests: list[StepRequest]) -> list[StepResult]:
-        """Run one forward over all requests (padded into one batch) and select tokens per request."""
-        adapters = {request.adapter for request in requests}
-        if len(adapters) > 1:
-            raise ValueError("one step cannot mix adapter-on and adapter-off requests")
-        prefix = max(request.cache.length for request in requests)
-        steps = max(request.token_ids.shape[0] for request in requests)
-        input_ids = torch.zeros(len(requests), steps, dtype=torch.long, device=self.device)
-        positions = torch.zeros_like(input_ids)
-        for row, request in enumerate(requests):
-            count = request.token_ids.shape[0]
-            input_ids[row, :count] = request.token_ids.to(self.device)
-            positions[row, :count] = request.positions.to(self.device)
-        bias = attention_bias(requests, prefix, steps, self.device)
-        hidden, presents = self.model(input_ids, positions, bias, self._batched_past(requests, prefix), adapters.pop())
-        results = []
-        for row, request in enumerate(requests):
-            count = request.token_ids.shape[0]
-            own = hidden[row, :count]  # rows index the request's own tokens, not the padded batch
-            wanted = own if request.rows is None else own[request.rows.to(self.device)]
-            logits = self.model.logits(wanted).float()
-            ids, confidence = select_tokens(logits, request.sampler)
-            if request.write_cache:
-                request.cache.append([(k[row, :, :count], v[row, :, :count]) for k, v in presents])
-            # Results live on the host: policies are device-agnostic and read a few ids per token.
-            results.append(StepResult(ids.cpu(), confidence.cpu(), logits.cpu() if request.return_logits else None))
-        return results
+    def _to_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model.logits(outputs).float()

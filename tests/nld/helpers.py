@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from nld.backends import TorchBackend
+from nld.backends import BACKENDS, TorchBackend
 from nld.checkpoint import load_checkpoint
 from nld.kv_cache import KVCache
 from nld.models.released import RELEASED_CONFIGS
@@ -20,8 +20,12 @@ RELEASED_8B = RELEASED_CONFIGS["8b"]  # the shape that plans and conversions are
 
 
 @cache
-def backend_for(case: str, device: str = "cpu", dtype: str = "float32", adapter: bool = True) -> TorchBackend:
-    return TorchBackend.from_checkpoint(load_checkpoint(fixture_dir(case), with_adapter=adapter), dtype, device)
+def backend_for(
+    case: str, device: str = "cpu", dtype: str = "float32", adapter: bool = True, kind: str = "torch"
+) -> TorchBackend:
+    """A fixture case on a step backend (`kind`: torch or onnxruntime), cached per arguments."""
+    checkpoint = load_checkpoint(fixture_dir(case), with_adapter=adapter)
+    return BACKENDS[kind].from_checkpoint(checkpoint, dtype, device)
 
 
 def expected_outputs(case: str) -> dict:

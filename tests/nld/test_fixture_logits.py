@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from nld.step import bidirectional, causal
-from tests.conftest import DEVICES, FIXTURE_CASES
+from tests.conftest import BACKEND_DEVICES, FIXTURE_CASES
 from tests.nld.helpers import backend_for, expected_outputs, expected_path, raw_step
 
 CASES = [(case, prompt, False) for case in FIXTURE_CASES for prompt in range(4)]
 CASES += [("tiny_b8_spec_lora", prompt, True) for prompt in range(4)]
 
 
-def _forwards(case: str, prompt_index: int, lora: bool, device: str) -> dict[str, torch.Tensor]:
-    backend = backend_for(case, device)
+def _forwards(case: str, prompt_index: int, lora: bool, device: str, kind: str = "torch") -> dict[str, torch.Tensor]:
+    backend = backend_for(case, device, kind=kind)
     outputs = expected_outputs(case)
     prompt = outputs["prompts"][prompt_index]["prompt_ids"]
     block = outputs["block_length"]
@@ -34,14 +34,14 @@ def _forwards(case: str, prompt_index: int, lora: bool, device: str) -> dict[str
     return result
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("kind", "device"), BACKEND_DEVICES)
 @pytest.mark.parametrize(("case", "prompt_index", "lora"), CASES)
-def test_logits_match_reference(case: str, prompt_index: int, lora: bool, device: str) -> None:
+def test_logits_match_reference(case: str, prompt_index: int, lora: bool, kind: str, device: str) -> None:
     suffix = "_lora" if lora else ""
-    for kind, logits in _forwards(case, prompt_index, lora, device).items():
-        expected = np.load(expected_path(case, f"logits_p{prompt_index}_{kind}{suffix}.npy"))
-        assert logits.shape == expected.shape, kind
-        np.testing.assert_allclose(logits.numpy(), expected, atol=1e-4, rtol=0, err_msg=f"{kind}{suffix}")
+    for forward, logits in _forwards(case, prompt_index, lora, device, kind).items():
+        expected = np.load(expected_path(case, f"logits_p{prompt_index}_{forward}{suffix}.npy"))
+        assert logits.shape == expected.shape, forward
+        np.testing.assert_allclose(logits.numpy(), expected, atol=1e-4, rtol=0, err_msg=f"{kind} {forward}{suffix}")
 
 
 def test_adapter_changes_the_draft_logits() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from nld.generate import generate
 from nld.modes import GenerationParams
-from tests.conftest import DEVICES, FIXTURE_CASES
+from tests.conftest import BACKEND_DEVICES, FIXTURE_CASES
 from tests.nld.helpers import backend_for, expected_outputs
 
 # Reference call name -> (our mode, our parameters, load the adapter?)
@@ -39,9 +39,9 @@ def test_every_reference_call_is_mapped() -> None:
         assert set(expected_outputs(case)["calls"]) <= set(CALLS), case
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("kind", "device"), BACKEND_DEVICES)
 @pytest.mark.parametrize(("case", "prompt_index", "call"), _cases())
-def test_call_matches_reference(case: str, prompt_index: int, call: str, device: str) -> None:
+def test_call_matches_reference(case: str, prompt_index: int, call: str, kind: str, device: str) -> None:
     outputs = expected_outputs(case)
     entry = outputs["prompts"][prompt_index]
     expected = entry["methods"][call]
@@ -52,7 +52,7 @@ def test_call_matches_reference(case: str, prompt_index: int, call: str, device:
         reference_semantics=True,
         **extra,
     )
-    result = generate(backend_for(case, device, adapter=adapter), entry["prompt_ids"], mode, params)
+    result = generate(backend_for(case, device, adapter=adapter, kind=kind), entry["prompt_ids"], mode, params)
     limit = outputs["max_new_tokens"]
     assert result.new_ids[:limit] == expected["new_ids"][:limit]
     assert result.nfe == expected["nfe"]

@@ -1,0 +1,93 @@
+"""Export the step network to ONNX: the reference model with the KV cache in and out, dynamic shapes.
+
+Inputs `input_ids` [B,T] int64, `position_ids` [B,T] int64, `attention_bias` [B,1,T,P+T] float (0 or
+-inf: causal or bidirectional-group attention is encoded there), `past_key_values.{i}.key|value`
+[B,KVH,P,D]; outputs `logits` [B,T,V] and `present.{i}.key|value` [B,KVH,T,D] (optimum's names).
+Attention is exported as plain MatMul/Softmax (no opset-23 `Attention`, which TensorRT-RTX rejects in fp32).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from nld.model import NLDTransformer
+
+
+class StepNetwork(torch.nn.Module):
+    """NLDTransformer with flat KV inputs/outputs; `adapter` bakes the draft LoRA on or off."""
+
+    def __init__(self, model: NLDTransformer, adapter: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.adapter = adapter
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_bias: torch.Tensor,
+        *past_flat: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        layers = self.model.config.num_hidden_layers
+        past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(layers)]
+        hidden, presents = self.model(input_ids, position_ids, attention_bias, past, self.adapter)
+        outputs = [self.model.logits(hidden)]
+        for key, value in presents:
+            outputs += [key, value]
+        return tuple(outputs)
+
+
+def io_names(layers: int) -> tuple[list[str], list[str]]:
+    kv = [f"{i}.{part}" for i in range(layers) for part in ("key", "value")]
+    inputs = ["input_ids", "position_ids", "attention_bias"] + [f"past_key_values.{name}" for name in kv]
+    return inputs, ["logits"] + [f"present.{name}" for name in kv]
+
+
+def export_step_onnx(model: NLDTransformer, path: str | Path, adapter: bool = False) -> Path:
+    """Write the step network of `model` (in its dtype) to `path` atomically; returns the path."""
+    config = model.config
+    layers, kv_heads, head_dim = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
+    dtype = model.encoder.embed_tokens.weight.dtype
+    batch, steps, past = 2, 3, 4
+    example = (
+        torch.zeros(batch, steps, dtype=torch.long),
+        torch.arange(past, past + steps).expand(batch, -1),
+        torch.zeros(batch, 1, steps, past + steps, dtype=dtype),
+        *[torch.zeros(batch, kv_heads, past, head_dim, dtype=dtype) for _ in range(2 * layers)],
+    )
+    b, t, p = torch.export.Dim("batch"), torch.export.Dim("steps"), torch.export.Dim("past")
+    shapes = (
+        {0: b, 1: t},
+        {0: b, 1: t},
+        {0: b, 2: t, 3: torch.export.Dim.AUTO},
+        tuple({0: b, 2: p} for _ in range(2 * layers)),
+    )
+    inputs, outputs = io_names(layers)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                StepNetwork(model, adapter).eval(),
+                example,
+                partial,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_shapes=shapes,
+                dynamo=True,
+                optimize=True,
+                verbose=False,
+            )
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    return path
