@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nld.builder.plan import make_plan
+from nld.builder.plan import BuildPlan, make_plan
 from nld.builder.skus import Sku, get_sku
 from nld.checkpoint import load_checkpoint
 from nld.convert.trtllm import check_tp, export_trtllm
@@ -80,7 +80,7 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def check_request(request: BuildRequest) -> tuple[Sku, object]:
+def check_request(request: BuildRequest) -> tuple[Sku, BuildPlan]:
     """Every check that can fail, before any work. Returns (sku, plan)."""
     sku = get_sku(request.target)
     checkpoint = load_checkpoint(request.model, with_adapter=False)  # names the file/tensor at fault
@@ -121,7 +121,7 @@ def build(request: BuildRequest, log: Log = print) -> Path:
     started = time.perf_counter()
     stages: list[StageRecord] = []
     with staged_directory(request.output) as staging:
-        (staging / "plan.json").write_text(json.dumps(plan.as_dict(), indent=2) + "\n")  # type: ignore[attr-defined]
+        (staging / "plan.json").write_text(json.dumps(plan.as_dict(), indent=2) + "\n")
         stages.append(StageRecord("plan", True, ["plan.json"]))
         stages.append(StageRecord("quantize", False, reason=f"not needed for {request.precision}"))
 
@@ -131,7 +131,7 @@ def build(request: BuildRequest, log: Log = print) -> Path:
         files = sorted(str(p.relative_to(staging)) for p in (staging / "trtllm_checkpoint").iterdir())
         stages.append(StageRecord("trtllm_checkpoint", True, files, seconds=time.perf_counter() - began))
 
-        stages.append(_engine_stage(request, sku, plan.context))  # type: ignore[attr-defined]
+        stages.append(_engine_stage(request, sku, plan.context))
 
         log("writing the Triton model repository ...")
         device = "cpu" if sku.engine_builder is None else "cuda"
@@ -151,7 +151,7 @@ def build(request: BuildRequest, log: Log = print) -> Path:
             "request": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(request).items()},
             "target": asdict(sku),
             "precision": request.precision,
-            "plan": plan.as_dict(),  # type: ignore[attr-defined]
+            "plan": plan.as_dict(),
             "inputs": {"model_dir": str(model_dir), "files": inputs},
             "versions": _versions(),
             "stages": [asdict(stage) for stage in stages],
