@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+from nld.checkpoint import FILE_DTYPES
+
+SAFETENSORS_DTYPES = {dtype: name for name, dtype in FILE_DTYPES.items()}
 
 
 def write_streaming(

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from nld.backends.torch_backend import DTYPES
 from nld.checkpoint import LazyWeights
 from nld.config import NLDConfig, load_config
 from nld.convert.safetensors_stream import write_streaming
@@ -143,9 +144,6 @@ def trtllm_config(config: NLDConfig, tp: int, dtype: str) -> dict:
             "lm_head": "diffusion_head: serves causal (next-token) and bidirectional (masked-token) passes",
         },
     }
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def export_trtllm(

@@ -10,9 +10,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from nld.engine.scheduler import AUTO
-from nld.modes import MODES
 from nld.serving.client import NLDClient
+from nld.serving.inputs import REQUEST_MODES
 from nld.serving.repository import RepositorySettings, write_repository
 from nld.serving.server import ServerSettings, TritonServer
 
@@ -30,7 +29,7 @@ def add_serving_commands(
     repo.add_argument("--max-batch", type=int, default=defaults.max_batch, help="requests decoded at once")
     repo.add_argument("--kv-blocks", type=int, default=defaults.kv_blocks, help="KV pool size in blocks")
     repo.add_argument("--kv-block-tokens", type=int, default=defaults.kv_block_tokens, help="token slots per block")
-    repo.add_argument("--default-mode", choices=[*MODES, AUTO], default=defaults.default_mode)
+    repo.add_argument("--default-mode", choices=list(REQUEST_MODES), default=defaults.default_mode)
     repo.add_argument("--default-max-tokens", type=int, default=defaults.default_max_tokens)
     repo.add_argument(
         "--auto-threshold",
@@ -53,7 +52,7 @@ def add_serving_commands(
     client = subparsers.add_parser("client", help="send one prompt to a running server over gRPC")
     client.add_argument("--prompt", required=True)
     client.add_argument("--url", default="127.0.0.1:8001", help="gRPC host:port")
-    client.add_argument("--mode", choices=[*MODES, AUTO], help="decoding mode (default: the server's)")
+    client.add_argument("--mode", choices=list(REQUEST_MODES), help="decoding mode (default: the server's)")
     client.add_argument("--max-tokens", type=int)
     client.add_argument("--no-stream", action="store_true", help="one response at the end instead of a stream")
     client.add_argument("--temperature", type=float)

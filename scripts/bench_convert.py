@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
+from nld.checkpoint import expected_shapes
 from nld.config import parse_config
 from nld.convert.safetensors_stream import write_streaming
-from nld.model import NLDTransformer
 from nld.models.released import RELEASED_CONFIGS
 
 EIGHT_B = RELEASED_CONFIGS["8b"]
@@ -35,8 +35,7 @@ def random_checkpoint(directory: Path, layers: int) -> tuple[int, int]:
     config = {**EIGHT_B, "num_hidden_layers": layers}
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config))
-    with torch.device("meta"):
-        shapes = {name: tuple(p.shape) for name, p in NLDTransformer(parse_config(config)).named_parameters()}
+    shapes = expected_shapes(parse_config(config))
     generator = torch.Generator().manual_seed(0)
 
     def produce(name: str) -> torch.Tensor:

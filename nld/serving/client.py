@@ -14,8 +14,13 @@ from nld.errors import NLDError
 from nld.serving.inputs import INPUTS
 from nld.serving.repository import MODEL_NAME
 
-NUMPY_TYPES = {"TYPE_STRING": np.object_, "TYPE_INT32": np.int32, "TYPE_FP32": np.float32, "TYPE_BOOL": np.bool_}
-NUMPY_TYPES["TYPE_UINT64"] = np.uint64
+NUMPY_TYPES = {
+    "TYPE_STRING": np.object_,
+    "TYPE_INT32": np.int32,
+    "TYPE_FP32": np.float32,
+    "TYPE_BOOL": np.bool_,
+    "TYPE_UINT64": np.uint64,
+}
 
 
 @dataclass
@@ -47,10 +52,6 @@ def build_inputs(values: dict[str, Any]) -> list[Any]:
         tensor.set_data_from_numpy(data)
         inputs.append(tensor)
     return inputs
-
-
-def _read(result: Any, name: str) -> np.ndarray | None:
-    return result.as_numpy(name)
 
 
 def _is_final(result: Any) -> bool:
@@ -104,20 +105,20 @@ class NLDClient:
                     raise NLDError(f"no response from {self.url} within {timeout:.0f} s") from None
                 if error is not None:
                     raise NLDError(f"server error: {error.message() if hasattr(error, 'message') else error}")
-                piece = _read(response, "text_output")
+                piece = response.as_numpy("text_output")
                 if piece is not None:
                     text_piece = piece.reshape(-1)[0].decode("utf-8")
-                    ids = _read(response, "output_ids")
+                    ids = response.as_numpy("output_ids")
                     result.pieces.append(text_piece)
                     result.text += text_piece
                     result.output_ids += [] if ids is None else ids.reshape(-1).tolist()
                     if on_piece is not None:
                         on_piece(text_piece)
-                reason = _read(response, "finish_reason")
+                reason = response.as_numpy("finish_reason")
                 if reason is not None:
                     result.finish_reason = reason.reshape(-1)[0].decode("utf-8")
-                    result.nfe = int(_read(response, "nfe").reshape(-1)[0])  # type: ignore[union-attr]
-                    result.tokens_per_forward = float(_read(response, "tokens_per_forward").reshape(-1)[0])  # type: ignore[union-attr]
+                    result.nfe = int(response.as_numpy("nfe").reshape(-1)[0])  # type: ignore[union-attr]
+                    result.tokens_per_forward = float(response.as_numpy("tokens_per_forward").reshape(-1)[0])  # type: ignore[union-attr]
                 if _is_final(response):
                     break
                 if cancel_after is not None and len(result.pieces) >= cancel_after:

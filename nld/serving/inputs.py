@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from nld.engine.scheduler import AUTO
 from nld.modes import MODES, GenerationParams
 
-AUTO = "auto"
 REQUEST_MODES = (*MODES, AUTO)
 
 

@@ -14,10 +14,8 @@ from importlib import resources
 from pathlib import Path
 
 from nld.checkpoint import load_checkpoint
-from nld.engine.scheduler import AUTO
 from nld.errors import NLDError
-from nld.modes import MODES
-from nld.serving.inputs import INPUTS, REQUIRED
+from nld.serving.inputs import INPUTS, REQUEST_MODES, REQUIRED
 from nld.staging import staged_directory
 
 MODEL_NAME = "nld"
@@ -39,8 +37,8 @@ class RepositorySettings:
     auto_threshold: int = 4
 
     def check(self) -> None:
-        if self.default_mode not in (*MODES, AUTO):
-            raise NLDError(f"default_mode '{self.default_mode}' is not one of {', '.join([*MODES, AUTO])}")
+        if self.default_mode not in REQUEST_MODES:
+            raise NLDError(f"default_mode '{self.default_mode}' is not one of {', '.join(REQUEST_MODES)}")
         for name in ("max_batch", "kv_blocks", "kv_block_tokens", "default_max_tokens", "auto_threshold"):
             if getattr(self, name) < 1:
                 raise NLDError(f"{name} must be >= 1, got {getattr(self, name)}")

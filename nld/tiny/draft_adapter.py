@@ -19,6 +19,7 @@ from nld.generate import generate
 from nld.model import NLDTransformer
 from nld.modes import GenerationParams
 from nld.tiny.data import sample_windows
+from nld.tiny.greedy_chains import greedy_ids
 
 Log = Callable[[str], None]
 
@@ -45,10 +46,6 @@ class TrainedAdapter:
     keep: bool = False
 
 
-def _greedy(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
-    return logits.float().index_fill(-1, torch.tensor([mask_id]), float("-inf")).argmax(-1)
-
-
 @torch.no_grad()
 def greedy_rollouts(model: NLDTransformer, windows: torch.Tensor, count: int) -> tuple[torch.Tensor, list]:
     """Greedy AR continuation (`count` tokens) of each row; also the causal K/V of all but the last token."""
@@ -59,13 +56,13 @@ def greedy_rollouts(model: NLDTransformer, windows: torch.Tensor, count: int) ->
     )
     hidden, past = model(windows, torch.arange(length).expand(rows, -1), causal[None, None])
     context_past = [(k[:, :, :-1], v[:, :, :-1]) for k, v in past]
-    tokens = [_greedy(model.logits(hidden[:, -1]), mask_id)]
+    tokens = [greedy_ids(model.logits(hidden[:, -1]), mask_id)]
     for offset in range(1, count):
         position = torch.full((rows, 1), length - 1 + offset)
         bias = torch.zeros(rows, 1, 1, length + offset)
         hidden, new = model(tokens[-1][:, None], position, bias, past)
         past = [(torch.cat((k, nk), 2), torch.cat((v, nv), 2)) for (k, v), (nk, nv) in zip(past, new, strict=True)]
-        tokens.append(_greedy(model.logits(hidden[:, -1]), mask_id))
+        tokens.append(greedy_ids(model.logits(hidden[:, -1]), mask_id))
     return torch.stack(tokens, dim=1), context_past
 
 
@@ -128,7 +125,7 @@ def distill_draft_adapter(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            accuracy += (_greedy(logits.detach(), mask_id) == targets[part]).float().sum(0)
+            accuracy += (greedy_ids(logits.detach(), mask_id) == targets[part]).float().sum(0)
         accuracy /= settings.chunk_rows
         elapsed = time.perf_counter() - started
         eta = elapsed / (chunk + 1) * (settings.chunks - chunk - 1)

@@ -17,10 +17,9 @@ import torch
 from nld.model import NLDTransformer
 
 
-def _greedy(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
-    logits = logits.float()
-    logits[..., mask_id] = float("-inf")
-    return logits.argmax(-1)
+def greedy_ids(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """Argmax over the vocabulary with the mask id excluded (what greedy decoding emits)."""
+    return logits.float().index_fill(-1, torch.tensor([mask_id]), float("-inf")).argmax(-1)
 
 
 @torch.no_grad()
@@ -35,7 +34,7 @@ def greedy_block_chains(model: NLDTransformer, windows: torch.Tensor, block: int
     seeds = torch.arange(blocks) * block
     causal = torch.zeros(length, length).masked_fill(~torch.ones(length, length, dtype=torch.bool).tril(), -torch.inf)
     hidden, prefix = model(windows, torch.arange(length).expand(rows, -1), causal[None, None])
-    chain = [windows[:, seeds], _greedy(model.logits(hidden[:, seeds]), mask_id)]
+    chain = [windows[:, seeds], greedy_ids(model.logits(hidden[:, seeds]), mask_id)]
     # A chain token sees the real prefix up to its block's seed, and its own chain before it.
     sees_prefix = torch.arange(length)[None, :] <= seeds[:, None]  # [blocks, L]
     own_chain = torch.eye(blocks, dtype=torch.bool)
@@ -46,5 +45,5 @@ def greedy_block_chains(model: NLDTransformer, windows: torch.Tensor, block: int
         positions = (seeds + step - 1).expand(rows, -1)
         hidden, new = model(chain[-1], positions, bias, past)
         past = [(torch.cat((k, nk), 2), torch.cat((v, nv), 2)) for (k, v), (nk, nv) in zip(past, new, strict=True)]
-        chain.append(_greedy(model.logits(hidden), mask_id))
+        chain.append(greedy_ids(model.logits(hidden), mask_id))
     return torch.stack(chain, dim=2).reshape(rows, length)
