@@ -13,6 +13,7 @@ from nld.builder.plan import make_plan, plan_table
 from nld.builder.skus import PRECISIONS, SKUS, get_sku, targets_table
 from nld.config import load_config
 from nld.errors import NLDError
+from nld.modes import MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size: 1, 2, 4 or 8")
     parser.add_argument("--max-batch", type=int, default=16, help="requests decoded at once")
     parser.add_argument("--max-context", type=int, help="context per sequence (default: the model's)")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="decoding modes the engine's decode profile covers (comma-separated)"
+    )
+    parser.add_argument("--max-prefill", type=int, default=1024, help="longest prompt the prefill profile takes")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --output")
     parser.add_argument("--memory-fraction", type=float, default=0.9, help="share of device memory to plan for")
     parser.add_argument("--dry-run", action="store_true", help="print the build plan and stop")
@@ -58,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.max_batch,
             args.max_context,
             args.force,
+            tuple(mode.strip() for mode in args.modes.split(",") if mode.strip()),
+            args.max_prefill,
         )
         print(build(request, log=lambda line: print(line, file=sys.stderr)))
         return 0

@@ -1,6 +1,7 @@
 """`nld-build` as a library: check everything, then run the stages into a staged output folder.
 
-Stages: plan -> (quantize) -> TRT-LLM checkpoint -> (engine) -> Triton repository -> manifest. A stage
+Stages: plan -> (quantize) -> TRT-LLM checkpoint -> ONNX step network -> engine -> Triton repository ->
+manifest. A stage
 that cannot run here is recorded in the manifest as not built, with the reason and, where one exists,
 the exact command that finishes it on a GPU host. Nothing is faked, nothing is skipped silently.
 """
@@ -13,16 +14,20 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from nld.builder.engine_stage import check_engine_runtime, engine_stage, onnx_stage
 from nld.builder.plan import BuildPlan, make_plan
+from nld.builder.profiles import EngineProfile, engine_profiles
 from nld.builder.skus import Sku, get_sku
+from nld.builder.stages import StageRecord
 from nld.checkpoint import load_checkpoint
 from nld.convert.trtllm import check_tp, export_trtllm
 from nld.errors import NLDError
+from nld.modes import MODES
 from nld.serving.repository import RepositorySettings, write_repository
 from nld.staging import staged_directory
 
@@ -41,16 +46,8 @@ class BuildRequest:
     max_batch: int = 16
     max_context: int | None = None
     force: bool = False
-
-
-@dataclass
-class StageRecord:
-    name: str
-    built: bool
-    artifacts: list[str] = field(default_factory=list)
-    reason: str | None = None
-    command: str | None = None
-    seconds: float = 0.0
+    modes: tuple[str, ...] = tuple(MODES)
+    max_prefill: int = 1024
 
 
 def sha256(path: Path, bar: tqdm | None = None) -> str:
@@ -72,7 +69,7 @@ def hash_files(root: Path, names: list[str]) -> dict[str, str]:
 
 def _versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for package in ("nld", "torch", "safetensors", "numpy", "tensorrt", "tensorrt_llm", "tensorrt-rtx"):
+    for package in ("nld", "torch", "safetensors", "numpy", "onnx", "tensorrt", "tensorrt_llm", "tensorrt-rtx"):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -80,8 +77,8 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def check_request(request: BuildRequest) -> tuple[Sku, BuildPlan]:
-    """Every check that can fail, before any work. Returns (sku, plan)."""
+def check_request(request: BuildRequest) -> tuple[Sku, BuildPlan, list[EngineProfile]]:
+    """Every check that can fail, before any work. Returns (sku, plan, engine profiles)."""
     sku = get_sku(request.target)
     checkpoint = load_checkpoint(request.model, with_adapter=False)  # names the file/tensor at fault
     plan = make_plan(checkpoint.config, sku, request.precision, request.max_context)
@@ -96,28 +93,23 @@ def check_request(request: BuildRequest) -> tuple[Sku, BuildPlan]:
         raise NLDError(f"{output} exists and is not empty; pass --force to replace it")
     if request.max_batch < 1:
         raise NLDError(f"--max-batch must be >= 1, got {request.max_batch}")
-    return sku, plan
+    if request.max_prefill < 1:
+        raise NLDError(f"--max-prefill must be >= 1, got {request.max_prefill}")
+    profiles = engine_profiles(checkpoint.config, plan, request.max_batch, request.modes, request.max_prefill)
+    check_engine_runtime(sku)
+    return sku, plan, profiles
 
 
-def _engine_stage(request: BuildRequest, sku: Sku, context: int) -> StageRecord:
-    if sku.engine_builder is None:
-        return StageRecord("engine", False, reason=f"target '{sku.name}' runs the torch backend; no engine")
-    if sku.engine_builder == "tensorrt":
-        command = (
-            f"trtllm-build --checkpoint_dir {request.output}/trtllm_checkpoint --output_dir {request.output}/engine "
-            f"--max_batch_size {request.max_batch} --max_seq_len {context} --gemm_plugin auto"
-        )
-        return StageRecord(
-            "engine", False, reason="datacenter TensorRT-LLM and a GPU are not available here", command=command
-        )
-    return StageRecord(
-        "engine", False, reason="TensorRT-RTX engines are built from the ONNX step network, not implemented yet"
+def _trtllm_build_command(request: BuildRequest, context: int) -> str:
+    return (
+        f"trtllm-build --checkpoint_dir {request.output}/trtllm_checkpoint --output_dir {request.output}/trtllm_engine "
+        f"--max_batch_size {request.max_batch} --max_seq_len {context} --gemm_plugin auto"
     )
 
 
 def build(request: BuildRequest, log: Log = print) -> Path:
     """Run the whole build into `request.output` (written atomically); returns the output path."""
-    sku, plan = check_request(request)
+    sku, plan, profiles = check_request(request)
     started = time.perf_counter()
     stages: list[StageRecord] = []
     with staged_directory(request.output) as staging:
@@ -131,7 +123,22 @@ def build(request: BuildRequest, log: Log = print) -> Path:
         files = sorted(str(p.relative_to(staging)) for p in (staging / "trtllm_checkpoint").iterdir())
         stages.append(StageRecord("trtllm_checkpoint", True, files, seconds=time.perf_counter() - began))
 
-        stages.append(_engine_stage(request, sku, plan.context))
+        if sku.engine_builder is None:
+            stages.append(StageRecord("onnx", False, reason=f"target '{sku.name}' builds no engine"))
+            stages.append(StageRecord("engine", False, reason=f"target '{sku.name}' runs the torch backend"))
+        else:
+            record, graphs = onnx_stage(Path(request.model), request.precision, staging, log)
+            stages.append(record)
+            stages.append(engine_stage(sku, profiles, graphs, staging, Path(request.output), log))
+        if sku.engine_builder == "tensorrt":
+            stages.append(
+                StageRecord(
+                    "trtllm_engine",
+                    False,
+                    reason="datacenter TensorRT-LLM and a GPU are not available here",
+                    command=_trtllm_build_command(request, plan.context),
+                )
+            )
 
         log("writing the Triton model repository ...")
         device = "cpu" if sku.engine_builder is None else "cuda"

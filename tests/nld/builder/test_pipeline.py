@@ -25,9 +25,14 @@ def test_gb200_bf16_build_writes_checkpoint_repository_and_manifest(tmp_path: Pa
     manifest = json.loads((out / "manifest.json").read_text())
     stages = {stage["name"]: stage for stage in manifest["stages"]}
     assert stages["trtllm_checkpoint"]["built"] and stages["triton_repository"]["built"]
-    engine = stages["engine"]
-    assert not engine["built"] and "not available here" in engine["reason"]
-    assert engine["command"].startswith("trtllm-build --checkpoint_dir") and "--max_batch_size 16" in engine["command"]
+    engine, trtllm_engine = stages["engine"], stages["trtllm_engine"]
+    assert stages["onnx"]["built"] and (out / "onnx" / "step.onnx").exists()
+    assert not engine["built"] and "datacenter TensorRT builds for the GPU it runs on" in engine["reason"]
+    assert engine["command"].startswith(f"trtexec --onnx={out}/onnx/step.onnx --saveEngine={out}/engine/step.engine")
+    assert engine["command"].count("--minShapes=") == 2  # the decode and prefill profiles
+    assert not trtllm_engine["built"] and "not available here" in trtllm_engine["reason"]
+    command = trtllm_engine["command"]
+    assert command.startswith("trtllm-build --checkpoint_dir") and "--max_batch_size 16" in command
     assert (out / "trtllm_checkpoint" / "rank1.safetensors").exists()
     assert (out / "triton_repo" / "nld" / "config.pbtxt").exists()
     for name, digest in manifest["artifacts"].items():
@@ -45,6 +50,8 @@ def test_gb200_bf16_build_writes_checkpoint_repository_and_manifest(tmp_path: Pa
         ({"target": "cpu", "precision": "nvfp4"}, "does not support precision 'nvfp4'"),
         ({"tp": 8}, "tp 8 does not divide num_attention_heads 4"),
         ({"precision": "fp8"}, "needs ModelOpt quantization"),
+        ({"modes": ("ar", "beam")}, "unknown modes"),
+        ({"max_context": 8, "target": "rtx-pro-6000"}, "does not fit a context of 8 tokens"),
     ],
 )
 def test_bad_requests_fail_before_any_work(tmp_path: Path, changes: dict, message: str) -> None:
@@ -78,7 +85,7 @@ def test_cli_build_and_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str
     argv = ["--model", model, "--target", "rtx-pro-6000", "--precision", "fp16", "--output", str(tmp_path / "o")]
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "engine: NOT built" in captured.err and (tmp_path / "o" / "manifest.json").exists()
+    assert "engine: built" in captured.err and (tmp_path / "o" / "engine" / "step.engine").exists()
     assert main(argv) == 2 and "pass --force" in capsys.readouterr().err
 
 
@@ -89,6 +96,7 @@ def test_every_target_builds_every_precision_nld_build_runs_here(tmp_path: Path,
     manifest = json.loads((out / "manifest.json").read_text())
     stages = {stage["name"]: stage for stage in manifest["stages"]}
     assert stages["trtllm_checkpoint"]["built"] and stages["triton_repository"]["built"]
-    assert not stages["engine"]["built"] and stages["engine"]["reason"]
+    engine_built = SKUS[target].engine_builder == "tensorrt-rtx"  # gb200 needs its GPU; cpu builds none
+    assert stages["engine"]["built"] == engine_built and (engine_built or stages["engine"]["reason"])
     config = json.loads((out / "trtllm_checkpoint" / "config.json").read_text())
     assert config["dtype"] == {"bf16": "bfloat16", "fp16": "float16"}[precision]
