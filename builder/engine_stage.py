@@ -59,7 +59,7 @@ def onnx_stage(model_dir: Path, precision: str, staging: Path, log: Log) -> tupl
     for name, adapter in graphs.items():
         log(f"exporting the {name} network to ONNX ({precision}) ...")
         paths[name] = export_step_onnx(model, staging / "onnx" / f"{name}.onnx", adapter=adapter)
-    artifacts = [str(path.relative_to(staging)) for path in paths.values()]
+    artifacts = sorted(str(path.relative_to(staging)) for path in (staging / "onnx").iterdir())  # graphs + weights
     return StageRecord("onnx", True, artifacts, seconds=time.perf_counter() - began), paths
 
 

@@ -95,7 +95,9 @@ def check_request(request: BuildRequest) -> tuple[Sku, BuildPlan, list[EnginePro
         raise NLDError(f"--max-batch must be >= 1, got {request.max_batch}")
     if request.max_prefill < 1:
         raise NLDError(f"--max-prefill must be >= 1, got {request.max_prefill}")
-    profiles = engine_profiles(checkpoint.config, plan, request.max_batch, request.modes, request.max_prefill)
+    profiles = engine_profiles(
+        checkpoint.config, plan.step_tokens, plan.context, request.max_batch, request.modes, request.max_prefill
+    )
     check_engine_runtime(sku)
     return sku, plan, profiles
 

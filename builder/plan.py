@@ -32,6 +32,13 @@ KV_BYTES_PER_ELEMENT = {"bf16": 2, "fp16": 2, "fp8": 1, "int4-awq": 2, "nvfp4": 
 PUBLISHED_TOKENS_PER_FORWARD = {"ar": 1.0, "diffusion": 2.57, "linear-spec": 5.99, "quadratic-spec": 6.38}
 
 
+def step_tokens(config: NLDConfig) -> dict[str, int]:
+    """Tokens in one decode forward of each mode at the model's block size."""
+    block = config.block_size
+    quadratic = default_block(block)
+    return {"ar": 1, "diffusion": block, "linear-spec": block, "quadratic-spec": quadratic * (quadratic + 1)}
+
+
 @dataclass(frozen=True)
 class ParameterCounts:
     linear: int  # decoder-block linear weights (quantized)
@@ -85,9 +92,7 @@ def make_plan(
     weight_bytes = round(counts.linear * LINEAR_BYTES_PER_WEIGHT[precision] + counts.other * 2)
     kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim
     kv_per_token *= KV_BYTES_PER_ELEMENT[precision]
-    block = config.block_size
-    quadratic = default_block(block)
-    steps = {"ar": 1, "diffusion": block, "linear-spec": block, "quadratic-spec": quadratic * (quadratic + 1)}
+    steps = step_tokens(config)
     tpf = {**PUBLISHED_TOKENS_PER_FORWARD, **(tokens_per_forward or {})}
     plan = BuildPlan(
         sku.name,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nld.builder.plan import BuildPlan
 from nld.config import NLDConfig
 from nld.errors import NLDError
 from nld.onnx_export import io_names
@@ -69,14 +68,18 @@ def _profile(name: str, config: NLDConfig, batch: _Extent, steps: _Extent, past:
 
 
 def engine_profiles(
-    config: NLDConfig, plan: BuildPlan, max_batch: int, modes: tuple[str, ...], max_prefill: int = 1024
+    config: NLDConfig,
+    step_tokens: dict[str, int],
+    context: int,
+    max_batch: int,
+    modes: tuple[str, ...],
+    max_prefill: int = 1024,
 ) -> list[EngineProfile]:
-    """The decode and prefill profiles for `modes` (keys of `plan.step_tokens`)."""
-    unknown = [mode for mode in modes if mode not in plan.step_tokens]
+    """The decode and prefill profiles for `modes` (keys of `step_tokens`, e.g. a build plan's)."""
+    unknown = [mode for mode in modes if mode not in step_tokens]
     if unknown or not modes:
-        raise NLDError(f"unknown modes {unknown or modes}: choose from {', '.join(plan.step_tokens)}")
-    context = plan.context
-    widest = max(plan.step_tokens[mode] for mode in modes)
+        raise NLDError(f"unknown modes {unknown or modes}: choose from {', '.join(step_tokens)}")
+    widest = max(step_tokens[mode] for mode in modes)
     if widest >= context:
         raise NLDError(f"a {widest}-token step does not fit a context of {context} tokens (--max-context)")
     prefill = min(max_prefill, context)

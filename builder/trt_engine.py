@@ -172,6 +172,8 @@ def build_engine(
             )
         config = builder.create_builder_config()
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        if hasattr(trt.BuilderFlag, "TF32"):  # fp32 graphs compute in fp32 (the precision comes from the ONNX)
+            config.clear_flag(trt.BuilderFlag.TF32)
         config.progress_monitor = _make_progress(trt, engine_path.name)
         if runtime.explicit_targets:
             unknown = [t for t in targets if not hasattr(trt.ComputeCapability, t)]

@@ -53,7 +53,10 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="NLD checkpoint folder (default: the built-in tiny model)")
-    parser.add_argument("--backend", default="torch", help="step backend (torch)")
+    parser.add_argument("--backend", default="torch", help="step backend: torch, onnxruntime or tensorrt (CUDA)")
+    parser.add_argument(
+        "--build", type=Path, help="nld-build output whose onnx/ (onnxruntime) or engine/ (tensorrt) to reuse"
+    )
     parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)} (or fp32, bf16, fp16)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
@@ -78,7 +81,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     """`nld eval`: held-out prompts from the stdlib corpus's held-out split, every mode, table + JSON."""
     model = _model_dir(args)
-    backend = load_backend(model, args.backend, args.dtype, args.device, adapter=not args.no_lora)
+    backend = load_backend(model, args.backend, args.dtype, args.device, not args.no_lora, args.build)
     tokenizer = NLDTokenizer.from_dir(model)
     if tokenizer is None:
         raise NLDError(f"{model}: no tokenizer.json; nld eval draws held-out prompts as text")
@@ -98,7 +101,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     """`nld generate`: load, encode, decode, print."""
     model = _model_dir(args)
-    backend = load_backend(model, args.backend, args.dtype, args.device, adapter=not args.no_lora)
+    backend = load_backend(model, args.backend, args.dtype, args.device, not args.no_lora, args.build)
     tokenizer = NLDTokenizer.from_dir(model)
     if args.prompt is not None:
         if tokenizer is None:

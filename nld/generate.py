@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from nld.errors import NLDError
 from nld.modes import MODES, Decoding, Generation, GenerationParams, run_policy
 from nld.modes.quadratic_spec import default_block
 from nld.step import StepBackend
@@ -27,13 +30,29 @@ def generate(
 
 
 def load_backend(
-    model_dir: str, backend: str = "torch", dtype: str = "float32", device: str = "cpu", adapter: bool = True
+    model_dir: str,
+    backend: str = "torch",
+    dtype: str = "float32",
+    device: str = "cpu",
+    adapter: bool = True,
+    build_dir: str | Path | None = None,
 ) -> StepBackend:
-    """Load a checkpoint folder onto a step backend (only `torch` exists so far)."""
-    from nld.backends import BACKENDS
+    """Load a checkpoint folder onto a step backend; `build_dir` (an nld-build output) lets onnxruntime
+    reuse its ONNX graphs and tensorrt its engines instead of exporting/building on the fly."""
+    from nld.backends import BACKENDS, BUILD_ARTIFACTS
     from nld.checkpoint import load_checkpoint
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    artifacts = {}
+    if build_dir is not None:
+        if backend not in BUILD_ARTIFACTS:
+            raise ValueError(f"--build applies to the {' and '.join(BUILD_ARTIFACTS)} backends, not '{backend}'")
+        keyword, folder = BUILD_ARTIFACTS[backend]
+        if not (Path(build_dir) / folder).is_dir():
+            raise NLDError(
+                f"{Path(build_dir) / folder} not found: is {build_dir} an nld-build output for a GPU target?"
+            )
+        artifacts[keyword] = Path(build_dir) / folder
     checkpoint = load_checkpoint(model_dir, with_adapter=adapter)
-    return BACKENDS[backend].from_checkpoint(checkpoint, dtype=dtype, device=device)
+    return BACKENDS[backend].from_checkpoint(checkpoint, dtype=dtype, device=device, **artifacts)

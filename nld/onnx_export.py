@@ -9,6 +9,7 @@ Attention is exported as plain MatMul/Softmax (no opset-23 `Attention`, which Te
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -49,7 +50,8 @@ def io_names(layers: int) -> tuple[list[str], list[str]]:
 
 
 def export_step_onnx(model: NLDTransformer, path: str | Path, adapter: bool = False) -> Path:
-    """Write the step network of `model` (in its dtype) to `path` atomically; returns the path."""
+    """Write the step network of `model` (in its dtype) to `path`, its weights to `<path>.data` beside it
+    (external data, as large models need), each file atomically; returns the graph's path."""
     config = model.config
     layers, kv_heads, head_dim = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
     dtype = model.encoder.embed_tokens.weight.dtype
@@ -70,15 +72,16 @@ def export_step_onnx(model: NLDTransformer, path: str | Path, adapter: bool = Fa
     inputs, outputs = io_names(layers)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
+    # The exporter writes the graph and its external weights (`<name>.data`) side by side: export into a
+    # private folder under the final names, then move the weights and, last, the graph into place.
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 StepNetwork(model, adapter).eval(),
                 example,
-                partial,
+                str(work / path.name),
                 input_names=inputs,
                 output_names=outputs,
                 dynamic_shapes=shapes,
@@ -86,8 +89,8 @@ def export_step_onnx(model: NLDTransformer, path: str | Path, adapter: bool = Fa
                 optimize=True,
                 verbose=False,
             )
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+        for produced in sorted(work.iterdir(), key=lambda file: file.name == path.name):
+            os.replace(produced, path.parent / produced.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return path

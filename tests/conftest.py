@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -18,6 +19,17 @@ BACKEND_DEVICES = [
     ("torch", "cpu"),
     pytest.param("torch", "cuda", marks=pytest.mark.gpu),
     ("onnxruntime", "cpu"),
+    pytest.param(
+        "tensorrt",
+        "cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(
+                not any(importlib.util.find_spec(module) for module in ("tensorrt", "tensorrt_rtx")),
+                reason="the tensorrt backend needs the tensorrt or tensorrt_rtx module",
+            ),
+        ],
+    ),
 ]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import nld.builder.engine_stage as engine_stage
 from nld.builder.pipeline import BuildRequest, build, sha256
-from nld.builder.plan import make_plan
+from nld.builder.plan import step_tokens
 from nld.builder.profiles import EngineProfile, ShapeRange, engine_profiles
 from nld.builder.skus import SKUS
 from nld.builder.trt_engine import ENGINE_RUNTIMES, EngineBuildError, build_engine, summarize_layers
@@ -79,7 +79,7 @@ def test_bad_onnx_fails_the_engine_stage_and_leaves_nothing(tmp_path: Path, monk
 
 def test_failing_build_surfaces_the_builders_error(tmp_path: Path) -> None:
     config = load_config(fixture_dir("tiny_b8"))
-    decode = engine_profiles(config, make_plan(config, SKUS["rtx-pro-6000"], "fp16", 256), 4, ("ar",))[0]
+    decode = engine_profiles(config, step_tokens(config), 256, 4, ("ar",))[0]
     shapes = dict(decode.shapes)
     bias = shapes["attention_bias"]
     shapes["attention_bias"] = ShapeRange(bias.min, bias.opt, (4, 1, 1, 7))  # max below opt

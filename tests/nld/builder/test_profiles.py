@@ -15,7 +15,7 @@ from tests.conftest import fixture_dir
 def profiles(modes: tuple[str, ...], context: int | None = None, max_batch: int = 16):
     config = load_config(fixture_dir("tiny_b8"))
     plan = make_plan(config, get_sku("rtx-pro-6000"), "fp16", context)
-    return config, plan, engine_profiles(config, plan, max_batch, modes)
+    return config, plan, engine_profiles(config, plan.step_tokens, plan.context, max_batch, modes)
 
 
 def test_decode_profile_covers_the_widest_requested_step_and_prefill_the_prompt() -> None:

@@ -1,0 +1,52 @@
+"""The exported step network's contract: optimum's names, dynamic B/T/P, the model's dtype, and
+hand-written attention (no opset-23 `Attention` node, which TensorRT-RTX rejects in fp32)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from nld.checkpoint import load_checkpoint
+from nld.model import NLDTransformer
+from nld.onnx_export import export_step_onnx, io_names
+from tests.conftest import fixture_dir
+
+ONNX_TYPES = {
+    torch.float32: onnx.TensorProto.FLOAT,
+    torch.float16: onnx.TensorProto.FLOAT16,
+    torch.bfloat16: onnx.TensorProto.BFLOAT16,
+}
+
+
+def dims(value: onnx.ValueInfoProto) -> list[str | int]:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize("dtype", list(ONNX_TYPES))
+def test_step_graph_signature(tmp_path: Path, dtype: torch.dtype) -> None:
+    checkpoint = load_checkpoint(fixture_dir("tiny_b8_spec_lora"))
+    model = NLDTransformer.from_checkpoint(checkpoint, dtype)
+    graph = onnx.load(str(export_step_onnx(model, tmp_path / "step.onnx", adapter=True))).graph
+    inputs, outputs = io_names(checkpoint.config.num_hidden_layers)
+    assert [v.name for v in graph.input] == inputs and [v.name for v in graph.output] == outputs
+    by_name = {v.name: v for v in [*graph.input, *graph.output]}
+    batch, steps = dims(by_name["input_ids"])
+    assert isinstance(batch, str) and isinstance(steps, str) and batch != steps  # dynamic B and T
+    assert by_name["input_ids"].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    past = dims(by_name["past_key_values.0.key"])
+    assert past[0] == batch and isinstance(past[2], str) and past[2] not in (batch, steps)  # dynamic P
+    assert past[1] == checkpoint.config.num_key_value_heads and past[3] == checkpoint.config.head_dim
+    for name in ("attention_bias", "past_key_values.1.value", "logits", "present.1.value"):
+        assert by_name[name].type.tensor_type.elem_type == ONNX_TYPES[dtype], name
+    assert dims(by_name["logits"])[2] == checkpoint.config.vocab_size
+    assert not any(node.op_type == "Attention" for node in graph.node)
+    assert sum(node.op_type == "Softmax" for node in graph.node) == checkpoint.config.num_hidden_layers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step.onnx", "step.onnx.data"]  # no temporary leftovers
+    weights = onnx.load(str(tmp_path / "step.onnx"), load_external_data=False).graph.initializer
+    external = [w for w in weights if w.data_location == onnx.TensorProto.EXTERNAL]
+    assert external and {entry.value for w in external for entry in w.external_data if entry.key == "location"} == {
+        "step.onnx.data"
+    }
