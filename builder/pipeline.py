@@ -102,6 +102,18 @@ def check_request(request: BuildRequest) -> tuple[Sku, BuildPlan, list[EnginePro
     return sku, plan, profiles
 
 
+def _repository_settings(request: BuildRequest, sku: Sku, engines_built: bool) -> tuple[RepositorySettings, str]:
+    """The served model runs the built engines when there are any, else the checkpoint with torch."""
+    model = str(Path(request.model).resolve())
+    if engines_built:
+        build_dir = str(Path(request.output).resolve())
+        settings = RepositorySettings(model, "tensorrt", build_dir, device="cuda", max_batch=request.max_batch)
+        return settings, "serves the engines with the tensorrt backend (needs the target GPU)"
+    device = "cpu" if sku.engine_builder is None else "cuda"
+    settings = RepositorySettings(model, device=device, max_batch=request.max_batch)
+    return settings, f"serves the checkpoint with the torch backend on {device} (no engine built here)"
+
+
 def _trtllm_build_command(request: BuildRequest, context: int) -> str:
     return (
         f"trtllm-build --checkpoint_dir {request.output}/trtllm_checkpoint --output_dir {request.output}/trtllm_engine "
@@ -127,11 +139,12 @@ def build(request: BuildRequest, log: Log = print) -> Path:
 
         if sku.engine_builder is None:
             stages.append(StageRecord("onnx", False, reason=f"target '{sku.name}' builds no engine"))
-            stages.append(StageRecord("engine", False, reason=f"target '{sku.name}' runs the torch backend"))
+            engine = StageRecord("engine", False, reason=f"target '{sku.name}' runs the torch backend")
         else:
             record, graphs = onnx_stage(Path(request.model), request.precision, staging, log)
             stages.append(record)
-            stages.append(engine_stage(sku, profiles, graphs, staging, Path(request.output), log))
+            engine = engine_stage(sku, profiles, graphs, staging, Path(request.output), log)
+        stages.append(engine)
         if sku.engine_builder == "tensorrt":
             stages.append(
                 StageRecord(
@@ -143,11 +156,9 @@ def build(request: BuildRequest, log: Log = print) -> Path:
             )
 
         log("writing the Triton model repository ...")
-        device = "cpu" if sku.engine_builder is None else "cuda"
-        settings = RepositorySettings(str(Path(request.model).resolve()), device=device, max_batch=request.max_batch)
+        settings, note = _repository_settings(request, sku, engines_built=engine.built)
         write_repository(staging / "triton_repo", settings)
         repo_files = sorted(str(p.relative_to(staging)) for p in (staging / "triton_repo").rglob("*") if p.is_file())
-        note = "serves the checkpoint with the torch backend until engine backends land"
         stages.append(StageRecord("triton_repository", True, repo_files, reason=note))
 
         log("hashing inputs and artifacts ...")

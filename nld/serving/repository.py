@@ -27,6 +27,7 @@ class RepositorySettings:
 
     model_dir: str
     backend: str = "torch"
+    build_dir: str = ""  # an nld-build output whose engines (tensorrt) or ONNX (onnxruntime) the backend runs
     dtype: str = "float32"
     device: str = "cpu"
     max_batch: int = 16

@@ -46,7 +46,13 @@ class TritonPythonModel:
         self.pb = pb_utils
         parameters = _parameters(json.loads(args["model_config"]))
         model_dir = parameters["model_dir"]
-        backend = load_backend(model_dir, parameters["backend"], parameters["dtype"], parameters["device"])
+        backend = load_backend(
+            model_dir,
+            parameters["backend"],
+            parameters["dtype"],
+            parameters["device"],
+            build_dir=parameters.get("build_dir") or None,
+        )
         tokenizer = NLDTokenizer.from_dir(model_dir)
         if tokenizer is None:
             raise pb_utils.TritonModelException(f"{model_dir}: no tokenizer.json; the server takes text prompts")

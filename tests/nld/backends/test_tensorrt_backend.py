@@ -3,6 +3,9 @@ on a GPU (tests/nld/test_fixture_*.py run it through BACKEND_DEVICES where CUDA 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,11 @@ def test_build_folders_are_checked(tmp_path: Path) -> None:
         load_backend(model, "torch", build_dir=tmp_path)
     with pytest.raises(NLDError, match=f"{tmp_path}/engine not found"):
         load_backend(model, "tensorrt", "float16", "cuda", build_dir=tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a host without CUDA")
+def test_gpu_check_script_says_why_it_cannot_run_here() -> None:
+    script = Path(__file__).resolve().parents[3] / "scripts" / "gpu_check_tensorrt.py"
+    env = {**os.environ, "PYTHONPATH": str(script.parents[1])}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "cannot run here, torch sees no CUDA device" in done.stderr

@@ -40,6 +40,8 @@ def test_gb200_bf16_build_writes_checkpoint_repository_and_manifest(tmp_path: Pa
     assert manifest["inputs"]["files"]["model.safetensors"] == sha256(fixture_dir("tiny_b8") / "model.safetensors")
     assert manifest["target"]["cuda_arch"] == "sm_100a" and manifest["plan"]["precision"] == "bf16"
     assert manifest["versions"]["tensorrt_llm"] == "not installed"
+    served = json.loads((out / "triton_repo" / "nld_repository.json").read_text())
+    assert (served["backend"], served["device"], served["build_dir"]) == ("torch", "cuda", "")
 
 
 @pytest.mark.parametrize(
