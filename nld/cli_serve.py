@@ -68,6 +68,7 @@ def run_repo(args: argparse.Namespace, model_dir: str) -> int:
     settings = RepositorySettings(
         model_dir=model_dir,
         backend=args.backend,
+        build_dir=str(args.build.resolve()) if args.build else "",
         dtype=args.dtype,
         device=args.device,
         max_batch=args.max_batch,

@@ -52,6 +52,7 @@ class TrainSettings:
     chain_steps: int = 0
     lr: float = 2e-3
     chain_lr: float = 6e-4
+    chain_diffusion_weight: float = 0.3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
     weight_decay: float = 0.1
@@ -136,18 +137,19 @@ class Phase:
     start: int
     steps: int
     peak_lr: float
+    diffusion_weight: float
 
 
 def phases(settings: TrainSettings) -> list[Phase]:
     table = [
-        ("ar", settings.ar_steps, settings.lr),
-        ("nld", settings.nld_steps, settings.lr),
-        ("chain", settings.chain_steps, settings.chain_lr),
+        ("ar", settings.ar_steps, settings.lr, 0.0),
+        ("nld", settings.nld_steps, settings.lr, settings.diffusion_weight),
+        ("chain", settings.chain_steps, settings.chain_lr, settings.chain_diffusion_weight),
     ]
     result, start = [], 0
-    for name, steps, peak_lr in table:
+    for name, steps, peak_lr, diffusion_weight in table:
         if steps:
-            result.append(Phase(name, start, steps, peak_lr))
+            result.append(Phase(name, start, steps, peak_lr, diffusion_weight))
             start += steps
     return result
 
@@ -230,7 +232,7 @@ def train(output: Path, work: Path, settings: TrainSettings | None = None, log: 
                     chains = greedy_block_chains(model, tokens, settings.block_size)
                     model.train()
                 loss, stats = recipe_loss(
-                    model, tokens, schedule, mask_id, settings.diffusion_weight, generator, doubled_bias, chains
+                    model, tokens, schedule, mask_id, phase.diffusion_weight, generator, doubled_bias, chains
                 )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

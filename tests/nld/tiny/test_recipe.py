@@ -111,3 +111,14 @@ def test_held_out_split_is_disjoint_and_stable() -> None:
     assert not set(corpus.held_out) & set(corpus.train)
     assert all(is_held_out(str(p.relative_to(corpus.root))) for p in corpus.held_out)
     assert len(SPECIAL_TOKENS) == 4
+
+
+def test_each_phase_carries_its_own_diffusion_weight() -> None:
+    from nld.tiny.train import TrainSettings, phases
+
+    plan = phases(TrainSettings(ar_steps=2, nld_steps=3, chain_steps=4, chain_diffusion_weight=1.0))
+    assert [(p.name, p.start, p.steps, p.diffusion_weight) for p in plan] == [
+        ("ar", 0, 2, 0.0),
+        ("nld", 2, 3, 0.3),
+        ("chain", 5, 4, 1.0),
+    ]
