@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nld.backends.torch_backend import DTYPES
+from nld.cli_quantize import add_quantize_commands
 from nld.cli_serve import add_serving_commands
 from nld.errors import NLDError
 from nld.evaluate import evaluate_modes, held_out_token_stream, markdown_table, perplexity, sample_prompts, write_report
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(subparsers)
     _add_eval(subparsers)
     add_serving_commands(subparsers, _add_model_options, _model_dir)
+    add_quantize_commands(subparsers, _model_dir)
     return parser
 
 

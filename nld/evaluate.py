@@ -78,9 +78,11 @@ def evaluate_modes(
     max_new_tokens: int,
     block_length: int | None = None,
     decode: Callable[[list[int]], str] | None = None,
+    outputs: dict[tuple[str, bool], list[list[int]]] | None = None,
 ) -> list[ModeReport]:
     """Run every mode (and linear-spec without the adapter, when there is one) on every prompt.
-    With `decode`, also report characters per forward (comparable across tokenizers)."""
+    With `decode`, also report characters per forward (comparable across tokenizers); with `outputs`,
+    collect each run's generated ids under (mode, its report's adapter flag)."""
     runs = [(mode, True) for mode in MODES]
     if backend.has_adapter:
         runs.insert(runs.index(("linear-spec", True)) + 1, ("linear-spec", False))
@@ -109,6 +111,8 @@ def evaluate_modes(
                 equals_ar=sum(r.new_ids == ref for r, ref in zip(results, reference, strict=True)),
             )
         )
+        if outputs is not None:
+            outputs[(mode, reports[-1].adapter)] = [r.new_ids for r in results]
     return reports
 
 

@@ -1,0 +1,53 @@
+"""`nld quant-report`: what a quantization precision costs each decoding mode (table + JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from nld.quantize.evidence import EvidenceRequest, run_evidence
+from nld.quantize.recipes import KV_CACHE_RECIPES, RECIPES
+from nld.quantize.report import markdown, write_report
+
+
+def add_quantize_commands(
+    subparsers: argparse._SubParsersAction, model_dir: Callable[[argparse.Namespace], str]
+) -> None:
+    defaults = EvidenceRequest(model=Path("."), precision="fp8")
+    parser = subparsers.add_parser("quant-report", help="quantize in memory and report the cost per mode")
+    parser.add_argument("--model", help="NLD checkpoint folder (default: the built-in tiny model)")
+    parser.add_argument("--precision", required=True, choices=list(RECIPES))
+    parser.add_argument("--calib", type=Path, help="calibration text (.txt) or JSONL with a 'text' field")
+    parser.add_argument("--samples", type=int, default=defaults.samples, help="calibration windows")
+    parser.add_argument("--seq-len", type=int, default=defaults.seq_len, help="tokens per calibration window")
+    parser.add_argument("--kv-cache", choices=list(KV_CACHE_RECIPES), help="also quantize the KV cache")
+    parser.add_argument("--prompts", type=int, default=defaults.prompts, help="held-out prompts per mode")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument(
+        "--perplexity-windows", type=int, default=defaults.perplexity_windows, help="held-out windows of 256 tokens"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("quant_report.json"), help="JSON report path")
+    parser.set_defaults(handler=lambda args: run_quant_report(args, model_dir(args)))
+
+
+def run_quant_report(args: argparse.Namespace, model: str) -> int:
+    request = EvidenceRequest(
+        model=Path(model),
+        precision=args.precision,
+        calibration=args.calib,
+        samples=args.samples,
+        seq_len=args.seq_len,
+        kv_cache=args.kv_cache,
+        prompts=args.prompts,
+        max_new_tokens=args.max_new_tokens,
+        perplexity_windows=args.perplexity_windows,
+        device=args.device,
+    )
+    report = run_evidence(request)
+    print(markdown(report, args.precision))
+    write_report(args.out, report)
+    print(f"\nwrote {args.out}", file=sys.stderr)
+    return 0
