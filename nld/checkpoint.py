@@ -17,6 +17,7 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 ADAPTER_DIR = "linear_spec_lora"
 ADAPTER_PREFIX = "base_model.model."
+QUANT_CONFIG_FILE = "hf_quant_config.json"  # marks a unified quantized checkpoint (nld/quantize/hf_format.py)
 
 # Per-layer weight names and their shapes, as functions of the config (the whole weight map in one table).
 LAYER_WEIGHTS: dict[str, object] = {
@@ -149,6 +150,26 @@ def load_weights(model_dir: str | Path, config: NLDConfig) -> dict[str, torch.Te
     return {name: tensor for name, tensor, _ in iter_tensors(lazy.files, sorted(lazy.specs))}
 
 
+def load_quantized_weights(model_dir: str | Path, config: NLDConfig) -> dict[str, torch.Tensor]:
+    """A unified quantized checkpoint's weights, dequantized to float32 and validated like plain ones."""
+    from nld.quantize.hf_format import dequantize
+
+    model_dir = Path(model_dir)
+    quantization = read_json(model_dir / QUANT_CONFIG_FILE).get("quantization")
+    if not isinstance(quantization, dict):
+        raise CheckpointError(f"{model_dir / QUANT_CONFIG_FILE}: no 'quantization' object")
+    files = _weight_files(model_dir)
+    weights = dequantize({name: t for name, t, _ in iter_tensors(files, sorted(files))}, quantization, torch.float32)
+    expected = expected_shapes(config)
+    _check_names(set(weights), set(expected), str(model_dir))
+    for name, shape in expected.items():
+        if tuple(weights[name].shape) != shape:
+            raise CheckpointError(
+                f"{model_dir}: tensor '{name}' dequantizes to shape {tuple(weights[name].shape)}, expected {shape}"
+            )
+    return weights
+
+
 @dataclass(frozen=True)
 class LoraAdapter:
     """A PEFT LoRA on o_proj: per layer (A [r, in], B [out, r]); delta(x) = scaling * B(A(x))."""
@@ -214,10 +235,12 @@ class Checkpoint:
 
 
 def load_checkpoint(model_dir: str | Path, *, with_adapter: bool = True) -> Checkpoint:
-    """Load an NLD checkpoint folder; the `linear_spec_lora/` adapter is loaded when present."""
+    """Load an NLD checkpoint folder (a unified quantized one is dequantized); the `linear_spec_lora/`
+    adapter is loaded when present."""
     model_dir = Path(model_dir)
     config = load_config(model_dir)
-    weights = load_weights(model_dir, config)
+    quantized = (model_dir / QUANT_CONFIG_FILE).exists()
+    weights = load_quantized_weights(model_dir, config) if quantized else load_weights(model_dir, config)
     adapter_dir = model_dir / ADAPTER_DIR
     adapter = load_adapter(adapter_dir, config) if with_adapter and adapter_dir.is_dir() else None
     return Checkpoint(path=model_dir, config=config, weights=weights, adapter=adapter)
