@@ -2,7 +2,8 @@
 same held-out prompts (greedy), as a table and JSON.
 
 Per mode: token agreement (share of the reference's greedy tokens the quantized model reproduces at
-the same position), identical outputs, tokens per forward and, for the self-speculation modes, mean
+the same position), the mean length of the common prefix before the first differing token, identical
+outputs, tokens per forward and, for the self-speculation modes, mean
 acceptance length, each with its delta; plus held-out perplexity of both.
 """
 
@@ -21,6 +22,7 @@ class ModeQuality:
     mode: str
     adapter: bool
     token_agreement: float
+    common_prefix: float
     identical_outputs: int
     prompts: int
     tokens_per_forward: float
@@ -35,6 +37,17 @@ def token_agreement(reference: list[list[int]], candidate: list[list[int]]) -> f
         sum(a == b for a, b in zip(ref, cand, strict=False)) for ref, cand in zip(reference, candidate, strict=True)
     )
     return same / max(1, sum(len(ref) for ref in reference))
+
+
+def common_prefix(reference: list[list[int]], candidate: list[list[int]]) -> float:
+    """Mean number of leading tokens the candidate shares with the reference."""
+    lengths = []
+    for ref, cand in zip(reference, candidate, strict=True):
+        same = 0
+        while same < min(len(ref), len(cand)) and ref[same] == cand[same]:
+            same += 1
+        lengths.append(same)
+    return sum(lengths) / max(1, len(lengths))
 
 
 def quality_report(
@@ -69,6 +82,7 @@ def _mode_quality(
         mode=ref.mode,
         adapter=ref.adapter,
         token_agreement=token_agreement(ref_ids, quant_ids),
+        common_prefix=common_prefix(ref_ids, quant_ids),
         identical_outputs=sum(a == b for a, b in zip(ref_ids, quant_ids, strict=True)),
         prompts=ref.prompts,
         tokens_per_forward=quant.tokens_per_forward,
@@ -91,13 +105,14 @@ def markdown(report: dict, precision: str) -> str:
         f"{precision} vs unquantized: {report['prompts']} held-out prompts, {report['max_new_tokens']} new tokens, "
         f"greedy. Held-out perplexity {ppl_q:.2f} vs {ppl_ref:.2f} ({ppl_q - ppl_ref:+.2f}).",
         "",
-        "| mode | draft adapter | token agreement | identical outputs | tokens/forward (delta) | acceptance (delta) |",
-        "|---|---|---|---|---|---|",
+        "| mode | draft adapter | token agreement | common prefix | identical outputs | tokens/forward (delta) "
+        "| acceptance (delta) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for mode in report["modes"]:
         adapter = "yes" if mode["adapter"] else ("no" if mode["mode"] == "linear-spec" else "-")
         lines.append(
-            f"| {mode['mode']} | {adapter} | {mode['token_agreement']:.3f} | "
+            f"| {mode['mode']} | {adapter} | {mode['token_agreement']:.3f} | {mode['common_prefix']:.1f} | "
             f"{mode['identical_outputs']}/{mode['prompts']} | "
             f"{_delta(mode['tokens_per_forward'], mode['tokens_per_forward_reference'])} | "
             f"{_delta(mode['acceptance_length'], mode['acceptance_length_reference'])} |"

@@ -21,7 +21,7 @@ from nld.quantize import calibration
 from nld.quantize.calibration import calibration_windows, read_texts
 from nld.quantize.ptq import quantize_model
 from nld.quantize.recipes import RECIPES
-from nld.quantize.report import token_agreement
+from nld.quantize.report import common_prefix, token_agreement
 from nld.tokenizer import NLDTokenizer
 
 
@@ -81,8 +81,9 @@ def test_fp8_activation_ranges_include_the_diffusion_block(
     assert sum(both[name] > causal[name] * 1.01 for name in both) >= len(both) // 4
 
 
-def test_token_agreement_counts_positions() -> None:
+def test_token_agreement_counts_positions_and_common_prefixes() -> None:
     assert token_agreement([[1, 2, 3, 4], [5, 6]], [[1, 9, 3], [5, 6]]) == pytest.approx(4 / 6)
+    assert common_prefix([[1, 2, 3, 4], [5, 6], [7]], [[1, 9, 3], [5, 6], [8]]) == pytest.approx((1 + 2 + 0) / 3)
 
 
 @pytest.mark.slow
