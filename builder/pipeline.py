@@ -1,9 +1,9 @@
 """`nld-build` as a library: check everything, then run the stages into a staged output folder.
 
 Stages: plan -> (quantize) -> TRT-LLM checkpoint -> ONNX step network -> engine -> Triton repository ->
-manifest. A stage
-that cannot run here is recorded in the manifest as not built, with the reason and, where one exists,
-the exact command that finishes it on a GPU host. Nothing is faked, nothing is skipped silently.
+manifest. A stage that cannot run here is recorded in the manifest as not built, with the reason and,
+where one exists, the exact command that finishes it on a GPU host. Nothing is faked, nothing is
+skipped silently.
 """
 
 from __future__ import annotations

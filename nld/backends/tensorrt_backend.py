@@ -98,6 +98,7 @@ class _Engine:
             past = self.engine.get_tensor_profile_shape("past_key_values.0.key", index)
             self.ranges.append(ProfileRange((ids[0][0], ids[2][0]), (ids[0][1], ids[2][1]), (past[0][2], past[2][2])))
         self.input_names, self.output_names = io_names(layers)
+        self.output_dtypes = {name: _torch_dtype(self.engine.get_tensor_dtype(name)) for name in self.output_names}
         self.placeholder = torch.zeros(1, device="cuda")  # bound for zero-size inputs (an empty cache)
 
     def run(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -110,8 +111,7 @@ class _Engine:
         outputs = []
         for name in self.output_names:
             shape = tuple(context.get_tensor_shape(name))
-            dtype = _TORCH_DTYPES[str(self.engine.get_tensor_dtype(name)).rsplit(".", 1)[-1]]
-            tensor = torch.empty(shape, dtype=dtype, device="cuda")
+            tensor = torch.empty(shape, dtype=self.output_dtypes[name], device="cuda")
             context.set_tensor_address(name, tensor.data_ptr() if tensor.numel() else self.placeholder.data_ptr())
             outputs.append(tensor)
         self.stream.wait_stream(torch.cuda.current_stream())
@@ -122,6 +122,11 @@ class _Engine:
 
 
 _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT64": torch.int64}
+
+
+def _torch_dtype(trt_dtype: object) -> torch.dtype:
+    """torch's dtype for a TensorRT DataType (`DataType.HALF` -> torch.float16)."""
+    return _TORCH_DTYPES[str(trt_dtype).rsplit(".", 1)[-1]]
 
 
 class TensorRTBackend(PaddedBatchBackend):
@@ -164,8 +169,8 @@ class TensorRTBackend(PaddedBatchBackend):
                 engines[adapter] = _Engine(trt, path, layers)
         if False not in engines:
             raise NLDError(f"{engine_dir}/step.engine not found")
-        cache_dtype = engines[False].engine.get_tensor_dtype("past_key_values.0.key")
-        return cls(checkpoint.config, engines, _TORCH_DTYPES[str(cache_dtype).rsplit(".", 1)[-1]])
+        cache_dtype = _torch_dtype(engines[False].engine.get_tensor_dtype("past_key_values.0.key"))
+        return cls(checkpoint.config, engines, cache_dtype)
 
     def _forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, past: list[KV], adapter: bool
