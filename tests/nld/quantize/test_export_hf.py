@@ -61,7 +61,14 @@ def test_export_reads_back_to_the_fake_quantized_weights(
     quant = json.loads((out / "hf_quant_config.json").read_text())["quantization"]
     assert quant["quant_algo"] == RECIPES[precision].quant_algo and quant["group_size"] == RECIPES[precision].group_size
     config = json.loads((out / "config.json").read_text())
-    assert config["quantization_config"]["quant_algo"] == quant["quant_algo"]
+    source_config = json.loads((source / "config.json").read_text())
+    assert set(config) == set(source_config) | {"quantization_config"}
+    for field, value in source_config.items():  # every source field carried over unchanged
+        assert config[field] == value, field
+    assert config["quantization_config"] == {"quant_method": "modelopt", **quant}
+    producer = json.loads((out / "hf_quant_config.json").read_text())["producer"]
+    assert producer == {"name": "modelopt", "version": "0.47.0"}
+    assert quant["kv_cache_quant_algo"] is None and quant["exclude_modules"] == ["diffusion_head", "embed_tokens"]
     assert (out / "tokenizer.json").exists() and (out / "linear_spec_lora").is_dir()
     with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
         q_proj = handle.get_tensor("encoder.layers.0.self_attn.q_proj.weight")
@@ -109,3 +116,20 @@ def test_quantize_cli_refusals_leave_nothing(tmp_path: Path, capsys: pytest.Capt
     (out / "keep").write_text("x")
     assert main(["quantize", "--precision", "fp8", "--output", str(out)]) == 2
     assert "pass --force" in capsys.readouterr().err and (out / "keep").exists()
+
+
+def test_fp8_kv_cache_scales_are_exported_and_named_in_the_config(tmp_path: Path, windows: torch.Tensor) -> None:
+    source = default_model_dir()
+    model = NLDTransformer.from_checkpoint(load_checkpoint(source, with_adapter=False), torch.float32)
+    model = quantize_model(model, RECIPES["fp8"], windows, kv_cache="fp8", progress=False)
+    out = export_quantized_hf(model, RECIPES["fp8"], source, tmp_path / "q", kv_cache="fp8")
+    assert json.loads((out / "hf_quant_config.json").read_text())["quantization"]["kv_cache_quant_algo"] == "FP8"
+    with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
+        names = set(handle.keys())
+        k_scale = handle.get_tensor("encoder.layers.0.self_attn.k_proj.k_scale")
+    layers = model.config.num_hidden_layers
+    assert (
+        sum(n.endswith(".k_proj.k_scale") for n in names) == sum(n.endswith(".v_proj.v_scale") for n in names) == layers
+    )
+    assert k_scale.numel() == 1 and float(k_scale) > 0
+    load_checkpoint(out)  # scales beside the weights do not disturb loading
