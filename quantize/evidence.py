@@ -9,16 +9,12 @@ from pathlib import Path
 import torch
 
 from nld.backends import TorchBackend
-from nld.checkpoint import load_checkpoint
-from nld.errors import NLDError
 from nld.evaluate import held_out_token_stream, sample_prompts
 from nld.model import NLDTransformer
-from nld.quantize.calibration import calibration_windows, read_texts
-from nld.quantize.ptq import quantize_model
-from nld.quantize.recipes import MODELOPT_VERSION, check_modelopt, check_recipe, get_recipe
+from nld.quantize.ptq import prepare, quantize_model
+from nld.quantize.recipes import MODELOPT_VERSION
 from nld.quantize.report import quality_report
 from nld.tiny.data import evaluation_files, stdlib_corpus
-from nld.tokenizer import NLDTokenizer
 
 
 @dataclass(frozen=True)
@@ -38,16 +34,18 @@ class EvidenceRequest:
 
 def run_evidence(request: EvidenceRequest, progress: bool = True) -> dict:
     """The quality report of `request.precision` against the unquantized model (float32 compute)."""
-    recipe = get_recipe(request.precision)
-    check_modelopt()
-    checkpoint = load_checkpoint(request.model)
-    check_recipe(recipe, checkpoint.config, request.device)
-    tokenizer = NLDTokenizer.from_dir(request.model)
-    if tokenizer is None:
-        raise NLDError(f"{request.model}: no tokenizer.json; calibration and held-out prompts are text")
-    windows = calibration_windows(tokenizer, read_texts(request.calibration), request.samples, request.seq_len)
-    reference_model = NLDTransformer.from_checkpoint(checkpoint, torch.float32, request.device)
-    quantized_model = quantize_model(copy.deepcopy(reference_model), recipe, windows, request.kv_cache, progress)
+    run = prepare(
+        request.model,
+        request.precision,
+        request.calibration,
+        request.samples,
+        request.seq_len,
+        request.device,
+        with_adapter=True,
+    )
+    recipe, tokenizer = run.recipe, run.tokenizer
+    reference_model = NLDTransformer.from_checkpoint(run.checkpoint, torch.float32, request.device)
+    quantized_model = quantize_model(copy.deepcopy(reference_model), recipe, run.windows, request.kv_cache, progress)
     import modelopt.torch.quantization as mtq
 
     mtq.fold_weight(quantized_model)  # quantize the weights once, not in every forward (same numbers)

@@ -7,11 +7,50 @@ measured.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 
+from nld.checkpoint import Checkpoint, load_checkpoint
+from nld.errors import NLDError
 from nld.model import NLDTransformer
-from nld.quantize.calibration import calibration_loop
-from nld.quantize.recipes import QuantRecipe, check_modelopt, check_recipe, modelopt_config
+from nld.quantize.calibration import calibration_loop, calibration_windows, read_texts
+from nld.quantize.recipes import QuantRecipe, check_modelopt, check_recipe, get_recipe, modelopt_config
+from nld.tokenizer import NLDTokenizer
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a quantization run starts from, checked: the recipe, the checkpoint, its tokenizer and the
+    calibration windows."""
+
+    recipe: QuantRecipe
+    checkpoint: Checkpoint
+    tokenizer: NLDTokenizer
+    windows: torch.Tensor
+
+
+def prepare(
+    model_dir: Path,
+    precision: str,
+    calibration: Path | None,
+    samples: int,
+    seq_len: int,
+    device: str,
+    with_adapter: bool = False,
+) -> Prepared:
+    """Every check of a quantization run (recipe, ModelOpt version, host, model dims, tokenizer), then
+    the calibration windows."""
+    recipe = get_recipe(precision)
+    check_modelopt()
+    checkpoint = load_checkpoint(model_dir, with_adapter=with_adapter)
+    check_recipe(recipe, checkpoint.config, device)
+    tokenizer = NLDTokenizer.from_dir(model_dir)
+    if tokenizer is None:
+        raise NLDError(f"{model_dir}: no tokenizer.json; calibration text must be tokenized")
+    windows = calibration_windows(tokenizer, read_texts(calibration), samples, seq_len)
+    return Prepared(recipe, checkpoint, tokenizer, windows)
 
 
 def quantize_model(
