@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from nld.checkpoint import FILE_DTYPES
+from nld.checkpoint import FILE_DTYPES, QUANTIZED_FILE_DTYPES
 
-SAFETENSORS_DTYPES = {dtype: name for name, dtype in FILE_DTYPES.items()}
+SAFETENSORS_DTYPES = {dtype: name for name, dtype in (FILE_DTYPES | QUANTIZED_FILE_DTYPES).items()}
 
 
 def write_streaming(

@@ -10,7 +10,6 @@ is split by vocabulary rows; the embedding and norms are replicated. NLD's own f
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +21,16 @@ from nld.backends.torch_backend import DTYPES
 from nld.checkpoint import LazyWeights
 from nld.config import NLDConfig, load_config
 from nld.convert.safetensors_stream import write_streaming
+from nld.convert.trtllm_quant import (
+    TRTLLM_LINEARS,
+    RankSplit,
+    RawWeights,
+    check_quantized_weights,
+    quantized_layer_makers,
+    read_quantization,
+    trtllm_quantization,
+    write_checked_config,
+)
 from nld.errors import NLDError
 from nld.staging import staged_directory
 
@@ -146,28 +155,60 @@ def trtllm_config(config: NLDConfig, tp: int, dtype: str) -> dict:
     }
 
 
+def _rank_makers(
+    weights: Mapping[str, torch.Tensor],
+    config: NLDConfig,
+    quantization: dict | None,
+    tp: int,
+    rank: int,
+    target: torch.dtype,
+) -> dict[str, Maker]:
+    """Makers of one rank's final tensors: float ones cast to `target`, quantized ones as stored."""
+    floats = {
+        name: (lambda make=make: make().to(target)) for name, make in rank_makers(weights, config, tp, rank).items()
+    }
+    if quantization is None:
+        return floats
+    linear_weights = {f".{linear}.weight" for linear in TRTLLM_LINEARS}
+    floats = {name: make for name, make in floats.items() if not name.endswith(tuple(linear_weights))}
+    return floats | quantized_layer_makers(LAYER_EXPORTS, weights, quantization, RankSplit(config, tp, rank), target)
+
+
 def export_trtllm(
     model_dir: str | Path, output: str | Path, tp: int = 1, dtype: str = "bfloat16", progress: bool = False
 ) -> Path:
     """Write the TRT-LLM checkpoint of `model_dir` to `output` (atomically), streaming tensor by tensor:
-    at most one source tensor and its converted rank slice are in memory at a time."""
+    at most one source tensor and its converted rank slice are in memory at a time. A unified quantized
+    checkpoint (`nld quantize`) gives a quantized TRT-LLM checkpoint (convert/trtllm_quant.py)."""
     if dtype not in DTYPES:
         raise NLDError(f"dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
+    model_dir = Path(model_dir)
     config = load_config(model_dir)
-    weights = LazyWeights(model_dir, config)
     check_tp(config, tp)
+    quantization = read_quantization(model_dir)
+    if quantization is None:
+        weights: LazyWeights | RawWeights = LazyWeights(model_dir, config)
+    else:
+        weights = RawWeights(model_dir)
+        check_quantized_weights(weights, config, quantization, tp, model_dir)
     target = DTYPES[dtype]
+    trtllm = trtllm_config(config, tp, dtype)
+    if quantization is not None:
+        trtllm["quantization"] = trtllm_quantization(quantization)
     with staged_directory(output) as staging:
-        (staging / "config.json").write_text(json.dumps(trtllm_config(config, tp, dtype), indent=2) + "\n")
+        write_checked_config(staging / "config.json", trtllm, config, quantization)
         for rank in range(tp):
-            makers = rank_makers(weights, config, tp, rank)
-            shapes = {name: tuple(make().shape) for name, make in rank_makers(weights.meta(), config, tp, rank).items()}
-            with tqdm(total=len(shapes), desc=f"rank {rank + 1}/{tp}", unit="tensor", disable=not progress) as bar:
+            makers = _rank_makers(weights, config, quantization, tp, rank, target)
+            planned = {
+                name: make()
+                for name, make in _rank_makers(weights.meta(), config, quantization, tp, rank, target).items()
+            }
+            with tqdm(total=len(planned), desc=f"rank {rank + 1}/{tp}", unit="tensor", disable=not progress) as bar:
 
                 def produce(name: str, makers: dict[str, Maker] = makers, bar: tqdm = bar) -> torch.Tensor:
                     bar.update()
-                    return makers[name]().to(target)
+                    return makers[name]()
 
-                entries = [(name, shape, target) for name, shape in shapes.items()]
+                entries = [(name, tuple(meta.shape), meta.dtype) for name, meta in planned.items()]
                 write_streaming(staging / f"rank{rank}.safetensors", entries, produce)
     return Path(output)

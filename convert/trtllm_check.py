@@ -1,6 +1,7 @@
 """An independent NumPy forward over an exported TRT-LLM checkpoint: it reads only config.json and the
-rank files, runs each rank's share of attention and MLP, and sums them as tensor parallelism's
-all-reduce would. Used to prove an export reproduces the reference causal logits."""
+rank files (FP8 and W4A16_AWQ linears dequantized by TRT-LLM's tensor names), runs each rank's share of
+attention and MLP, and sums them as tensor parallelism's all-reduce would. Used to prove an export
+reproduces the reference causal logits."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
+from safetensors import safe_open
 
 from nld.config import RopeConfig
 from nld.rope import inverse_frequencies
@@ -28,14 +29,44 @@ def _silu(x: np.ndarray) -> np.ndarray:
     return x / (1 + np.exp(-x))
 
 
+def _signed_nibbles(packed: np.ndarray) -> np.ndarray:
+    """int8 [out/2, in], two 4-bit two's-complement values per byte (row 2j low, 2j+1 high) -> [out, in]."""
+    raw = packed.view(np.uint8)
+    low, high = (raw & 0x0F).astype(np.int64), (raw >> 4).astype(np.int64)
+    values = np.stack((low, high), axis=1).reshape(-1, raw.shape[1])
+    return np.where(values > 7, values - 16, values)
+
+
+def _dequantized_rank(path: Path, algorithm: str | None) -> dict[str, np.ndarray]:
+    """A rank's tensors in float64; quantized linears as the weights they stand for (scales applied,
+    the AWQ input scale folded into the columns)."""
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    weights = {}
+    for name, tensor in tensors.items():
+        stem = name.removesuffix(".weight")
+        if algorithm is None or f"{stem}.weights_scaling_factor" not in tensors:
+            if not name.endswith("_factor"):
+                weights[name] = tensor.double().numpy()
+            continue
+        scale = tensors[f"{stem}.weights_scaling_factor"].double().numpy()
+        if algorithm == "FP8":
+            weights[name] = tensor.double().numpy() * scale
+        else:  # W4A16_AWQ
+            values = _signed_nibbles(tensor.numpy())
+            block = values.shape[1] // scale.shape[1]
+            prequant = tensors[f"{stem}.prequant_scaling_factor"].double().numpy()
+            weights[name] = values * np.repeat(scale, block, axis=1) * prequant[None, :]
+    return weights
+
+
 def causal_logits(checkpoint_dir: str | Path, token_ids: list[int]) -> np.ndarray:
     """Logits [T, vocab] of a causal forward over `token_ids` at positions 0..T-1 (float64)."""
     directory = Path(checkpoint_dir)
     config = json.loads((directory / "config.json").read_text())
     tp = config["mapping"]["tp_size"]
-    ranks = [
-        {k: v.astype(np.float64) for k, v in load_file(directory / f"rank{r}.safetensors").items()} for r in range(tp)
-    ]
+    algorithm = config["quantization"]["quant_algo"]
+    ranks = [_dequantized_rank(directory / f"rank{r}.safetensors", algorithm) for r in range(tp)]
     head_dim, eps = config["head_size"], config["norm_epsilon"]
     q_heads = config["num_attention_heads"] // tp
     kv_heads = max(1, config["num_key_value_heads"] // tp)

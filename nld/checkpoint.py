@@ -100,6 +100,8 @@ def iter_tensors(files: dict[str, Path], names: list[str]) -> Iterator[tuple[str
 
 
 FILE_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+# What quantized checkpoints (ours and TRT-LLM's) hold besides floats: fp8 weights, packed int4 bytes.
+QUANTIZED_FILE_DTYPES = {"F8_E4M3": torch.float8_e4m3fn, "U8": torch.uint8, "I8": torch.int8}
 
 
 class LazyWeights(Mapping[str, torch.Tensor]):

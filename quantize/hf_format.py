@@ -34,6 +34,12 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((low, high), dim=1).reshape(2 * out_half, in_features)
 
 
+def pack_int4(values: torch.Tensor) -> torch.Tensor:
+    """int [out, in] in [-8, 7] -> uint8 [out/2, in]: `unpack_int4`'s inverse (ModelOpt's packing)."""
+    nibbles = values.to(torch.uint8) & 0x0F
+    return nibbles[0::2] | (nibbles[1::2] << 4)
+
+
 def _dequantize_fp8(tensors: dict[str, torch.Tensor], name: str, group_size: int | None) -> torch.Tensor:
     return tensors[f"{name}.weight"].float() * tensors[f"{name}.weight_scale"].float()
 

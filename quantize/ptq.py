@@ -19,6 +19,11 @@ from nld.quantize.calibration import calibration_loop, calibration_windows, read
 from nld.quantize.recipes import QuantRecipe, check_modelopt, check_recipe, get_recipe, modelopt_config
 from nld.tokenizer import NLDTokenizer
 
+# Linears of one decoder layer that read the same input: deployment fuses them (TRT-LLM's attention.qkv,
+# the gated MLP's fc + gate), so they must share the input scale, the AWQ pre-quant scale and, per
+# tensor, the weight scale.
+FUSED_LINEARS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj"))
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -68,4 +73,17 @@ def quantize_model(
 
     config = modelopt_config(recipe, kv_cache)
     quantized = mtq.quantize(model, config, calibration_loop(windows, model.config, progress=progress))
+    share_fused_scales(quantized)
     return quantized.eval()
+
+
+def share_fused_scales(model: NLDTransformer) -> None:
+    """Give each group of `FUSED_LINEARS` one set of scales, as ModelOpt's own exporters do before
+    writing a checkpoint (its `preprocess_linear_fusion`: averaged AWQ scale with the weights
+    re-quantized, max of the input and per-tensor weight ranges)."""
+    from modelopt.torch.export.quant_utils import preprocess_linear_fusion
+
+    with torch.no_grad():
+        for layer in model.encoder.layers:
+            for group in FUSED_LINEARS:
+                preprocess_linear_fusion([layer.get_submodule(name) for name in group])

@@ -19,10 +19,13 @@ from nld.modes import GenerationParams
 from nld.quantize.calibration import calibration_windows, read_texts
 from nld.quantize.export_hf import export_quantized_hf
 from nld.quantize.hf_format import unpack_int4
-from nld.quantize.ptq import quantize_model
+from nld.quantize.ptq import FUSED_LINEARS, quantize_model
 from nld.quantize.recipes import RECIPES
 from nld.tokenizer import NLDTokenizer
 from tests.conftest import fixture_dir
+
+# Scales that linears fused at deployment (q/k/v, gate/up) must share in the export.
+SHARED_SCALES = {"fp8": ("input_scale", "weight_scale"), "int4-awq": ("pre_quant_scale",)}
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +76,12 @@ def test_export_reads_back_to_the_fake_quantized_weights(
     with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
         q_proj = handle.get_tensor("encoder.layers.0.self_attn.q_proj.weight")
         assert q_proj.dtype == dtype and handle.get_tensor("diffusion_head.weight").dtype == torch.bfloat16
+        for layer in range(reference.config.num_hidden_layers):
+            for group in FUSED_LINEARS:
+                names = [f"encoder.layers.{layer}.{name}" for name in group]
+                for suffix in SHARED_SCALES[precision]:
+                    first = handle.get_tensor(f"{names[0]}.{suffix}")
+                    assert all(torch.equal(handle.get_tensor(f"{n}.{suffix}"), first) for n in names[1:]), names
     loaded = load_checkpoint(out)
     expected = effective_weights(model)
     assert len(expected) == 7 * reference.config.num_hidden_layers
