@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--modes", default=",".join(MODES), help="decoding modes the engine's decode profile covers (comma-separated)"
     )
     parser.add_argument("--max-prefill", type=int, default=1024, help="longest prompt the prefill profile takes")
+    parser.add_argument("--calib", type=Path, help="fp8/int4-awq: calibration text or JSONL (default: built-in set)")
+    parser.add_argument("--samples", type=int, default=64, help="fp8/int4-awq: calibration windows (256 tokens)")
+    parser.add_argument("--kv-cache", choices=["fp8"], help="fp8/int4-awq: also quantize the KV cache")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --output")
     parser.add_argument("--memory-fraction", type=float, default=0.9, help="share of device memory to plan for")
     parser.add_argument("--dry-run", action="store_true", help="print the build plan and stop")
@@ -65,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.force,
             tuple(mode.strip() for mode in args.modes.split(",") if mode.strip()),
             args.max_prefill,
+            args.calib,
+            args.samples,
+            args.kv_cache,
         )
         print(build(request, log=lambda line: print(line, file=sys.stderr)))
         return 0

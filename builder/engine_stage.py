@@ -1,7 +1,8 @@
 """The ONNX and engine stages of nld-build.
 
 - onnx: the step network of the checkpoint in the build precision (`onnx/step.onnx`, and
-  `onnx/step_adapter.onnx` when the checkpoint has a draft adapter), for targets that build engines.
+  `onnx/step_adapter.onnx` when the checkpoint has a draft adapter), for targets that build engines;
+  for fp8 / int4-awq the network of the quantized checkpoint with standard Q/DQ (onnx_qdq.py).
 - engine: one engine per graph (`engine/step.engine`, ...) with its build log and a report
   (`engine/engine_report.json`). TensorRT-RTX targets build here for their explicit compute capability;
   the datacenter target builds with TensorRT only on a host whose GPU is that target, and otherwise
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from nld.builder.profiles import EngineProfile, trtexec_shape_flags
+from nld.builder.quantize_stage import COMPUTE_PRECISION, is_quantized
 from nld.builder.skus import Sku
 from nld.builder.stages import StageRecord
 from nld.builder.trt_engine import ENGINE_RUNTIMES, EngineRuntime, build_engine, runtime_module
@@ -26,6 +28,7 @@ from nld.checkpoint import load_checkpoint
 from nld.errors import NLDError
 from nld.model import NLDTransformer
 from nld.onnx_export import export_step_onnx
+from nld.onnx_qdq import export_quantized_step_onnx
 
 ONNX_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 GRAPHS = {"step": False, "step_adapter": True}  # graph name -> draft adapter on
@@ -52,13 +55,17 @@ def check_engine_runtime(sku: Sku) -> None:
 def onnx_stage(model_dir: Path, precision: str, staging: Path, log: Log) -> tuple[StageRecord, dict[str, Path]]:
     """Export the step graphs in the build precision; returns the record and {graph name: path}."""
     began = time.perf_counter()
+    dtype = ONNX_DTYPE[COMPUTE_PRECISION[precision]]
     checkpoint = load_checkpoint(model_dir, with_adapter=True)
-    model = NLDTransformer.from_checkpoint(checkpoint, ONNX_DTYPE[precision])
     graphs = {name: adapter for name, adapter in GRAPHS.items() if not adapter or checkpoint.adapter is not None}
     paths = {}
     for name, adapter in graphs.items():
         log(f"exporting the {name} network to ONNX ({precision}) ...")
-        paths[name] = export_step_onnx(model, staging / "onnx" / f"{name}.onnx", adapter=adapter)
+        path = staging / "onnx" / f"{name}.onnx"
+        if is_quantized(precision):  # Q/DQ from the quantized checkpoint's own tensors
+            paths[name] = export_quantized_step_onnx(model_dir, path, dtype, adapter=adapter)
+        else:
+            paths[name] = export_step_onnx(NLDTransformer.from_checkpoint(checkpoint, dtype), path, adapter=adapter)
     artifacts = sorted(str(path.relative_to(staging)) for path in (staging / "onnx").iterdir())  # graphs + weights
     return StageRecord("onnx", True, artifacts, seconds=time.perf_counter() - began), paths
 
@@ -113,7 +120,11 @@ def engine_stage(
         "runtime": runtime.name,
         "targets": sku_targets(sku),
         "engines": {
-            r["engine"]: {"targets": r["engine_targets"], "fused_attention_layers": r["fused_attention_layers"]}
+            r["engine"]: {
+                "targets": r["engine_targets"],
+                "fused_attention_layers": r["fused_attention_layers"],
+                "constant_types": r["constant_types"],
+            }
             for r in reports
         },
         "profiles": [profile.as_dict() for profile in profiles],

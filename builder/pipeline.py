@@ -22,6 +22,7 @@ from tqdm import tqdm
 from nld.builder.engine_stage import check_engine_runtime, engine_stage, onnx_stage
 from nld.builder.plan import BuildPlan, make_plan
 from nld.builder.profiles import EngineProfile, engine_profiles
+from nld.builder.quantize_stage import COMPUTE_PRECISION, check_quantization, is_quantized, quantize_stage
 from nld.builder.skus import Sku, get_sku
 from nld.builder.stages import StageRecord
 from nld.checkpoint import load_checkpoint
@@ -32,7 +33,6 @@ from nld.serving.repository import RepositorySettings, write_repository
 from nld.staging import staged_directory
 
 EXPORT_DTYPE = {"bf16": "bfloat16", "fp16": "float16"}
-QUANTIZED = ("fp8", "int4-awq", "nvfp4")
 Log = Callable[[str], None]
 
 
@@ -48,6 +48,9 @@ class BuildRequest:
     force: bool = False
     modes: tuple[str, ...] = tuple(MODES)
     max_prefill: int = 1024
+    calibration: Path | None = None  # quantized precisions: text/JSONL file (None: the built-in set)
+    calib_samples: int = 64
+    kv_cache: str | None = None  # quantized precisions: "fp8" for an FP8 KV cache
 
 
 def sha256(path: Path, bar: tqdm | None = None) -> str:
@@ -82,11 +85,10 @@ def check_request(request: BuildRequest) -> tuple[Sku, BuildPlan, list[EnginePro
     sku = get_sku(request.target)
     checkpoint = load_checkpoint(request.model, with_adapter=False)  # names the file/tensor at fault
     plan = make_plan(checkpoint.config, sku, request.precision, request.max_context)
-    if request.precision in QUANTIZED:
-        raise NLDError(
-            f"precision '{request.precision}' needs ModelOpt quantization, which nld-build does not run yet; "
-            f"bf16 and fp16 build now"
-        )
+    if is_quantized(request.precision):
+        check_quantization(request.precision, checkpoint.config, request.calibration, request.kv_cache)
+        if request.calib_samples < 1:
+            raise NLDError(f"--samples must be >= 1, got {request.calib_samples}")
     check_tp(checkpoint.config, request.tp)
     output = Path(request.output)
     if output.exists() and any(output.iterdir()) and not request.force:
@@ -102,9 +104,12 @@ def check_request(request: BuildRequest) -> tuple[Sku, BuildPlan, list[EnginePro
     return sku, plan, profiles
 
 
-def _repository_settings(request: BuildRequest, sku: Sku, engines_built: bool) -> tuple[RepositorySettings, str]:
-    """The served model runs the built engines when there are any, else the checkpoint with torch."""
-    model = str(Path(request.model).resolve())
+def _repository_settings(
+    request: BuildRequest, sku: Sku, engines_built: bool, served: Path
+) -> tuple[RepositorySettings, str]:
+    """The served model runs the built engines when there are any, else the checkpoint (`served`: the
+    source, or the build's quantized one) with torch."""
+    model = str(served.resolve())
     if engines_built:
         build_dir = str(Path(request.output).resolve())
         settings = RepositorySettings(model, "tensorrt", build_dir, device="cuda", max_batch=request.max_batch)
@@ -129,11 +134,21 @@ def build(request: BuildRequest, log: Log = print) -> Path:
     with staged_directory(request.output) as staging:
         (staging / "plan.json").write_text(json.dumps(plan.as_dict(), indent=2) + "\n")
         stages.append(StageRecord("plan", True, ["plan.json"]))
-        stages.append(StageRecord("quantize", False, reason=f"not needed for {request.precision}"))
+        quantized, source = quantize_stage(
+            Path(request.model),
+            request.precision,
+            staging,
+            request.calibration,
+            request.calib_samples,
+            request.kv_cache,
+            log,
+        )
+        stages.append(quantized)
+        compute = COMPUTE_PRECISION[request.precision]
 
-        log(f"exporting the TRT-LLM checkpoint (tp {request.tp}, {EXPORT_DTYPE[request.precision]}) ...")
+        log(f"exporting the TRT-LLM checkpoint (tp {request.tp}, {EXPORT_DTYPE[compute]}) ...")
         began = time.perf_counter()
-        export_trtllm(request.model, staging / "trtllm_checkpoint", request.tp, EXPORT_DTYPE[request.precision], True)
+        export_trtllm(source, staging / "trtllm_checkpoint", request.tp, EXPORT_DTYPE[compute], True)
         files = sorted(str(p.relative_to(staging)) for p in (staging / "trtllm_checkpoint").iterdir())
         stages.append(StageRecord("trtllm_checkpoint", True, files, seconds=time.perf_counter() - began))
 
@@ -141,7 +156,7 @@ def build(request: BuildRequest, log: Log = print) -> Path:
             stages.append(StageRecord("onnx", False, reason=f"target '{sku.name}' builds no engine"))
             engine = StageRecord("engine", False, reason=f"target '{sku.name}' runs the torch backend")
         else:
-            record, graphs = onnx_stage(Path(request.model), request.precision, staging, log)
+            record, graphs = onnx_stage(source, request.precision, staging, log)
             stages.append(record)
             engine = engine_stage(sku, profiles, graphs, staging, Path(request.output), log)
         stages.append(engine)
@@ -156,8 +171,9 @@ def build(request: BuildRequest, log: Log = print) -> Path:
             )
 
         log("writing the Triton model repository ...")
-        settings, note = _repository_settings(request, sku, engines_built=engine.built)
-        write_repository(staging / "triton_repo", settings)
+        served = Path(request.output) / source.relative_to(staging) if quantized.built else Path(request.model)
+        settings, note = _repository_settings(request, sku, engine.built, served)
+        write_repository(staging / "triton_repo", settings, staged_model=source if quantized.built else None)
         repo_files = sorted(str(p.relative_to(staging)) for p in (staging / "triton_repo").rglob("*") if p.is_file())
         stages.append(StageRecord("triton_repository", True, repo_files, reason=note))
 

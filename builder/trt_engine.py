@@ -65,6 +65,7 @@ class EngineReport:
     layer_types: dict[str, int]
     fused_attention_layers: int
     seconds: float
+    constant_types: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -83,6 +84,8 @@ _LAYER = re.compile(
 )
 _FUSED_ATTENTION = re.compile(r"mha|fmha|flash|attention", re.I)
 _ENGINE_TARGETS = re.compile(rb"accelerators=\{([^}]*)\}")
+_CONSTANTS = re.compile(r"Constants: \[(.*?)\], Outputs:")
+_DATATYPE = re.compile(r"Datatype: (\w+)")
 
 
 def summarize_layers(log_text: str) -> tuple[int, dict[str, int], int]:
@@ -94,6 +97,16 @@ def summarize_layers(log_text: str) -> tuple[int, dict[str, int], int]:
         types[layer["type"]] = types.get(layer["type"], 0) + 1
     fused = sum(1 for layer in layers if _FUSED_ATTENTION.search(layer["tactic"]))
     return len(layers), types, fused
+
+
+def constant_types(log_text: str) -> dict[str, int]:
+    """How many constants (weights, scales) of each data type the engine's layers hold, from the same
+    per-layer report: `Int4` / `FP8` entries are weights kept in that precision."""
+    counts: dict[str, int] = {}
+    for section in _CONSTANTS.finditer(log_text):
+        for kind in _DATATYPE.findall(section[1]):
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
 
 def engine_targets(engine: bytes) -> list[str]:
@@ -222,6 +235,7 @@ def build_engine(
         layers=layers,
         layer_types=layer_types,
         fused_attention_layers=fused,
+        constant_types=constant_types("\n".join(lines)),
         seconds=round(time.perf_counter() - started, 3),
         warnings=[line for line in lines if line.startswith("[WARNING]")],
     )

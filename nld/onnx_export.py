@@ -12,8 +12,10 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
+import onnx
 import torch
 
 from nld.model import NLDTransformer
@@ -49,9 +51,30 @@ def io_names(layers: int) -> tuple[list[str], list[str]]:
     return inputs, ["logits"] + [f"present.{name}" for name in kv]
 
 
-def export_step_onnx(model: NLDTransformer, path: str | Path, adapter: bool = False) -> Path:
+def _rewrite_in_place(graph_path: Path, rewrite: Callable[[onnx.ModelProto], object]) -> None:
+    """Load a graph with its external weights, edit it, and save it again under the same names."""
+    model = onnx.load(str(graph_path), load_external_data=True)
+    rewrite(model)
+    for produced in graph_path.parent.iterdir():
+        produced.unlink()  # the external-data file would otherwise be appended to
+    onnx.save_model(
+        model,
+        str(graph_path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=f"{graph_path.name}.data",
+    )
+
+
+def export_step_onnx(
+    model: NLDTransformer,
+    path: str | Path,
+    adapter: bool = False,
+    rewrite: Callable[[onnx.ModelProto], object] | None = None,
+) -> Path:
     """Write the step network of `model` (in its dtype) to `path`, its weights to `<path>.data` beside it
-    (external data, as large models need), each file atomically; returns the graph's path."""
+    (external data, as large models need), each file atomically; returns the graph's path. `rewrite`
+    edits the exported graph in place before it is saved (onnx_qdq.py's Q/DQ)."""
     config = model.config
     layers, kv_heads, head_dim = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
     dtype = model.encoder.embed_tokens.weight.dtype
@@ -89,6 +112,8 @@ def export_step_onnx(model: NLDTransformer, path: str | Path, adapter: bool = Fa
                 optimize=True,
                 verbose=False,
             )
+        if rewrite is not None:
+            _rewrite_in_place(work / path.name, rewrite)
         for produced in sorted(work.iterdir(), key=lambda file: file.name == path.name):
             os.replace(produced, path.parent / produced.name)
     finally:

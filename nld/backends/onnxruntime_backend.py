@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import onnx
 import torch
 
 from nld.backends.padded import PaddedBatchBackend
@@ -24,6 +25,35 @@ from nld.onnx_export import export_step_onnx, io_names
 GRAPH_FILES = {False: "step.onnx", True: "step_adapter.onnx"}
 
 
+def session_options() -> onnxruntime.SessionOptions:  # noqa: F821 (imported when used)
+    """onnxruntime's defaults, except that INT4 Q/DQ MatMuls (onnx_qdq.py) compute in float32: by default
+    they fuse into MatMulNBits with int8 activations (accuracy level 4), which changes the network's numbers
+    by ~0.1 in the logits of the built-in model."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    return options
+
+
+ONNX_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT: torch.float32,
+    onnx.TensorProto.FLOAT16: torch.float16,
+    onnx.TensorProto.BFLOAT16: torch.bfloat16,
+}
+
+
+def _check_graph_dtype(path: Path, dtype: torch.dtype) -> None:
+    """Refuse a reused graph whose float type is not the one asked for (a bf16 build's graphs, say)."""
+    if not path.exists():
+        return
+    inputs = {value.name: value for value in onnx.load(str(path), load_external_data=False).graph.input}
+    found = ONNX_FLOAT_TYPES.get(inputs["attention_bias"].type.tensor_type.elem_type)
+    if found != dtype:
+        hint = " (onnxruntime's CPU provider has no bfloat16 kernels)" if found == torch.bfloat16 else ""
+        raise NLDError(f"{path} computes in {found}, not the requested {dtype}{hint}: use --dtype to match it")
+
+
 class OnnxRuntimeBackend(PaddedBatchBackend):
     """Step backend over onnxruntime sessions of the step network."""
 
@@ -36,7 +66,9 @@ class OnnxRuntimeBackend(PaddedBatchBackend):
         self.dtype = dtype
         self.device = torch.device("cpu")
         self.has_adapter = True in graphs
-        self.sessions = {adapter: onnxruntime.InferenceSession(str(path)) for adapter, path in graphs.items()}
+        self.sessions = {
+            adapter: onnxruntime.InferenceSession(str(path), session_options()) for adapter, path in graphs.items()
+        }
         self.input_names, self.output_names = io_names(config.num_hidden_layers)
 
     @classmethod
@@ -52,6 +84,8 @@ class OnnxRuntimeBackend(PaddedBatchBackend):
         folder = Path(onnx_dir) if onnx_dir else Path(tempfile.mkdtemp(prefix="nld-onnx-"))
         adapters = [False, True] if checkpoint.adapter is not None else [False]
         graphs = {adapter: folder / GRAPH_FILES[adapter] for adapter in adapters}
+        for path in graphs.values():
+            _check_graph_dtype(path, torch_dtype)
         missing = [adapter for adapter, path in graphs.items() if not path.exists()]
         if missing:
             model = NLDTransformer.from_checkpoint(checkpoint, torch_dtype)

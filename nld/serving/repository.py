@@ -62,11 +62,13 @@ def render_config(settings: RepositorySettings) -> str:
     return string.Template(template).substitute(fields, inputs=render_inputs())
 
 
-def write_repository(output: str | Path, settings: RepositorySettings) -> Path:
-    """Write the repository to `output` (replacing a previous one there); returns its path."""
+def write_repository(output: str | Path, settings: RepositorySettings, staged_model: Path | None = None) -> Path:
+    """Write the repository to `output` (replacing a previous one there); returns its path.
+    `staged_model`: where the served checkpoint is now when it reaches `settings.model_dir` only later
+    (a build's own quantized checkpoint, still in the staging folder)."""
     settings.check()
     model_dir = Path(settings.model_dir).resolve()
-    load_checkpoint(model_dir)  # fail now, with the checkpoint's own error, rather than at server start
+    load_checkpoint(staged_model or model_dir)  # fail now, with the checkpoint's own error, not at server start
     settings = RepositorySettings(**{**asdict(settings), "model_dir": str(model_dir)})
     output = Path(output).resolve()
     with staged_directory(output) as staging:
