@@ -86,9 +86,11 @@ def check_request(request: BuildRequest) -> tuple[Sku, BuildPlan, list[EnginePro
     checkpoint = load_checkpoint(request.model, with_adapter=False)  # names the file/tensor at fault
     plan = make_plan(checkpoint.config, sku, request.precision, request.max_context)
     if is_quantized(request.precision):
-        check_quantization(request.precision, checkpoint.config, request.calibration, request.kv_cache)
         if request.calib_samples < 1:
             raise NLDError(f"--samples must be >= 1, got {request.calib_samples}")
+        check_quantization(
+            Path(request.model), request.precision, checkpoint.config, request.calibration, request.kv_cache
+        )
     check_tp(checkpoint.config, request.tp)
     output = Path(request.output)
     if output.exists() and any(output.iterdir()) and not request.force:

@@ -16,6 +16,7 @@ from nld.config import NLDConfig
 from nld.errors import NLDError
 from nld.quantize.checkpoint import quantize_checkpoint
 from nld.quantize.recipes import KV_CACHE_RECIPES, check_modelopt, check_recipe, get_recipe
+from nld.tokenizer import NLDTokenizer
 
 # Build precision -> the 16-bit type of everything that is not quantized.
 COMPUTE_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp8": "bf16", "int4-awq": "bf16", "nvfp4": "bf16"}
@@ -30,7 +31,7 @@ def is_quantized(precision: str) -> bool:
 
 
 def check_quantization(
-    precision: str, config: NLDConfig, calibration: Path | None, kv_cache: str | None, device: str = "cpu"
+    model: Path, precision: str, config: NLDConfig, calibration: Path | None, kv_cache: str | None, device: str = "cpu"
 ) -> None:
     """Everything that rules out quantizing for this build, before any work."""
     recipe = get_recipe(precision)
@@ -45,6 +46,8 @@ def check_quantization(
         raise NLDError(f"unknown --kv-cache '{kv_cache}': choose one of {', '.join(KV_CACHE_RECIPES)}")
     if calibration is not None and not Path(calibration).is_file():
         raise NLDError(f"--calib {calibration}: no such file")
+    if NLDTokenizer.from_dir(model) is None:
+        raise NLDError(f"{model}: no tokenizer.json; {precision} calibration text must be tokenized")
 
 
 def quantize_stage(

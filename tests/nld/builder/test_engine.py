@@ -18,6 +18,7 @@ from nld.builder.skus import SKUS
 from nld.builder.trt_engine import ENGINE_RUNTIMES, EngineBuildError, build_engine, summarize_layers
 from nld.config import load_config
 from nld.errors import NLDError
+from nld.models import default_model_dir
 from tests.conftest import fixture_dir
 
 RTX_TARGETS = {name: sku for name, sku in SKUS.items() if sku.engine_builder == "tensorrt-rtx"}
@@ -104,3 +105,29 @@ def test_missing_builder_module_is_refused_before_work(tmp_path: Path, monkeypat
     with pytest.raises(NLDError, match="'tensorrt_rtx_absent' module is not installed: pip install x"):
         build(request, log=lambda line: None)
     assert not list(tmp_path.iterdir())
+
+
+QUANTIZED_WEIGHT_TYPE = {"int4-awq": "Int4", "fp8": "FP8"}  # TensorRT's names in the per-layer report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("precision", "kv_cache"), [("int4-awq", None), ("fp8", "fp8")])
+def test_quantized_networks_build_rtx_engines_that_keep_low_precision_weights(
+    tmp_path: Path, precision: str, kv_cache: str | None
+) -> None:
+    model = default_model_dir()
+    request = BuildRequest(
+        model, "rtx-pro-6000", precision, tmp_path / "out", max_batch=2, calib_samples=4, kv_cache=kv_cache
+    )
+    out = build(request, log=lambda line: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    stages = {stage["name"]: stage for stage in manifest["stages"]}
+    assert stages["quantize"]["built"] and stages["engine"]["built"]
+    linears = 7 * load_config(model).num_hidden_layers
+    profiles = len(stages["engine"]["details"]["profiles"])
+    for name in ("step", "step_adapter"):
+        engine = stages["engine"]["details"]["engines"][f"{name}.engine"]
+        assert engine["targets"] == ["sm120"]
+        # Every quantized linear's weight is an Int4 / FP8 constant of the engine, in each profile.
+        assert engine["constant_types"].get(QUANTIZED_WEIGHT_TYPE[precision]) == linears * profiles
+        assert b"accelerators={sm120 }" in (out / "engine" / f"{name}.engine").read_bytes()

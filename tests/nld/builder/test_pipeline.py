@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import pytest
 
 import nld.builder.pipeline as pipeline
@@ -12,6 +13,7 @@ from nld.builder.cli import main
 from nld.builder.pipeline import BuildRequest, build, sha256
 from nld.builder.skus import SKUS
 from nld.errors import NLDError
+from nld.models import default_model_dir
 from tests.conftest import fixture_dir
 
 
@@ -51,7 +53,11 @@ def test_gb200_bf16_build_writes_checkpoint_repository_and_manifest(tmp_path: Pa
         ({"target": "h100"}, "unknown target 'h100'"),
         ({"target": "cpu", "precision": "nvfp4"}, "does not support precision 'nvfp4'"),
         ({"tp": 8}, "tp 8 does not divide num_attention_heads 4"),
-        ({"precision": "fp8"}, "needs ModelOpt quantization"),
+        ({"precision": "int4-awq"}, "int4-awq packs weights in blocks of 128 in-features: .*q_proj has 64"),
+        ({"precision": "nvfp4"}, "nvfp4 calibration needs a CUDA GPU|does not build nvfp4"),
+        ({"precision": "fp8", "calibration": Path("/nonexistent/calib.txt")}, "--calib /nonexistent/calib.txt"),
+        ({"precision": "fp8", "calib_samples": 0}, "--samples must be >= 1"),
+        ({"precision": "fp8"}, "tiny_b8: no tokenizer.json; fp8 calibration text must be tokenized"),
         ({"modes": ("ar", "beam")}, "unknown modes"),
         ({"max_context": 8, "target": "rtx-pro-6000"}, "does not fit a context of 8 tokens"),
     ],
@@ -60,6 +66,25 @@ def test_bad_requests_fail_before_any_work(tmp_path: Path, changes: dict, messag
     with pytest.raises(NLDError, match=message):
         build(request(tmp_path, **changes), log=lambda line: None)
     assert not list(tmp_path.iterdir())
+
+
+def test_gb200_fp8_build_quantizes_then_exports_the_quantized_network(tmp_path: Path) -> None:
+    changes = {"model": default_model_dir(), "precision": "fp8", "calib_samples": 2, "kv_cache": "fp8"}
+    out = build(request(tmp_path, **changes), log=lambda line: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    stages = {stage["name"]: stage for stage in manifest["stages"]}
+    quantize = stages["quantize"]
+    assert quantize["built"] and quantize["details"]["samples"] == 2 and quantize["details"]["kv_cache"] == "fp8"
+    assert "quantized/hf_quant_config.json" in manifest["artifacts"]
+    quantization = json.loads((out / "trtllm_checkpoint" / "config.json").read_text())["quantization"]
+    assert (quantization["quant_algo"], quantization["kv_cache_quant_algo"]) == ("FP8", "FP8")
+    graph = onnx.load(str(out / "onnx" / "step.onnx"), load_external_data=False).graph
+    assert sum(node.op_type == "QuantizeLinear" for node in graph.node) > 0
+    assert stages["engine"]["command"].startswith(f"trtexec --onnx={out}/onnx/step.onnx")
+    served = json.loads((out / "triton_repo" / "nld_repository.json").read_text())
+    assert served["model_dir"] == str((out / "quantized").resolve())
+    for name, digest in manifest["artifacts"].items():
+        assert sha256(out / name) == digest, name
 
 
 def test_existing_output_needs_force(tmp_path: Path) -> None:
