@@ -29,10 +29,14 @@ def _layer_tensors(name: str, module: torch.nn.Module, recipe: QuantRecipe) -> d
     fmt = quant_utils.get_quantization_format(module)
     weight = module.weight.detach().float()
     scale = quant_utils.get_weight_scaling_factor(module)
+    scale_2 = quant_utils.get_weight_scaling_factor_2(module)  # NVFP4's per-tensor scale of the block scales
     tensors = {
-        f"{name}.weight": quant_utils.to_quantized_weight(weight, scale, fmt, None, recipe.group_size),
-        f"{name}.weight_scale": scale.float(),
+        f"{name}.weight": quant_utils.to_quantized_weight(weight, scale, fmt, scale_2, recipe.group_size),
+        # NVFP4 block scales are float8 themselves; the other formats' scales are written as fp32
+        f"{name}.weight_scale": scale if scale.dtype == torch.float8_e4m3fn else scale.float(),
     }
+    if scale_2 is not None:
+        tensors[f"{name}.weight_scale_2"] = scale_2.float()
     input_scale = quant_utils.get_activation_scaling_factor(module)
     if input_scale is not None:
         tensors[f"{name}.input_scale"] = input_scale.float()

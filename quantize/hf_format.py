@@ -6,6 +6,9 @@ Per quantized linear layer `<name>` (tensor names and packing follow ModelOpt 0.
 - int4-awq (W4A16): `<name>.weight` uint8 [out/2, in], two signed 4-bit values per byte (output channels
   2j and 2j+1 in the low and high nibble), `<name>.weight_scale` [out, in/128] (amax / 7), and
   `<name>.pre_quant_scale` [in], the AWQ input scale (the layer computes (x * pre_quant_scale) @ W^T);
+- nvfp4 (written on a CUDA host; not loadable here): `<name>.weight` uint8 [out, in/2] (two FP4 E2M1
+  values per byte), `<name>.weight_scale` float8_e4m3fn [out, in/16], `<name>.weight_scale_2` and
+  `<name>.input_scale` (fp32 scalars);
 - with an FP8 KV cache: `<attn>.k_proj.k_scale` / `<attn>.v_proj.v_scale` (fp32 scalars).
 Everything else (norms, embeddings, the diffusion head) stays in the 16-bit export dtype.
 `hf_quant_config.json` names the algorithm; `config.json` carries it as `quantization_config`.
@@ -21,7 +24,7 @@ import torch
 from nld.checkpoint import QUANT_CONFIG_FILE as HF_QUANT_CONFIG
 from nld.errors import CheckpointError
 
-SCALE_SUFFIXES = ("weight_scale", "input_scale", "pre_quant_scale", "k_scale", "v_scale")
+SCALE_SUFFIXES = ("weight_scale", "weight_scale_2", "input_scale", "pre_quant_scale", "k_scale", "v_scale")
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
