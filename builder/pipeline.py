@@ -25,7 +25,7 @@ from nld.builder.profiles import EngineProfile, engine_profiles
 from nld.builder.quantize_stage import COMPUTE_PRECISION, check_quantization, is_quantized, quantize_stage
 from nld.builder.skus import Sku, get_sku
 from nld.builder.stages import StageRecord
-from nld.checkpoint import load_checkpoint
+from nld.checkpoint import QUANT_CONFIG_FILE, load_checkpoint
 from nld.convert.trtllm import check_tp, export_trtllm
 from nld.errors import NLDError
 from nld.modes import MODES
@@ -84,6 +84,11 @@ def check_request(request: BuildRequest) -> tuple[Sku, BuildPlan, list[EnginePro
     """Every check that can fail, before any work. Returns (sku, plan, engine profiles)."""
     sku = get_sku(request.target)
     checkpoint = load_checkpoint(request.model, with_adapter=False)  # names the file/tensor at fault
+    if (Path(request.model) / QUANT_CONFIG_FILE).exists():
+        raise NLDError(
+            f"{request.model} is already quantized ({QUANT_CONFIG_FILE}); build from the unquantized checkpoint "
+            f"with --precision fp8 or int4-awq, which quantizes it in the build"
+        )
     plan = make_plan(checkpoint.config, sku, request.precision, request.max_context)
     if is_quantized(request.precision):
         if request.calib_samples < 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -85,6 +86,12 @@ def test_gb200_fp8_build_quantizes_then_exports_the_quantized_network(tmp_path: 
     assert served["model_dir"] == str((out / "quantized").resolve())
     for name, digest in manifest["artifacts"].items():
         assert sha256(out / name) == digest, name
+
+
+def test_an_already_quantized_model_is_refused(tmp_path: Path, quantized_builtin: Callable[..., Path]) -> None:
+    with pytest.raises(NLDError, match="is already quantized"):
+        build(request(tmp_path, model=quantized_builtin("int4-awq")), log=lambda line: None)
+    assert not (tmp_path / "out").exists()
 
 
 def test_existing_output_needs_force(tmp_path: Path) -> None:
