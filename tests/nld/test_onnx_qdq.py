@@ -119,3 +119,24 @@ def test_int4_initializers_hold_the_checkpoint_values(tmp_path: Path, quantized_
     np.testing.assert_array_equal(values, unpack_int4(stored[f"{name}.weight"]).T.numpy())
     scale = numpy_helper.to_array(tensors[f"qdq.{name}.weight_scale"])
     assert scale.dtype == np.float16 and scale.shape == (768 // 128, 256)
+
+
+def test_fp8_draft_lora_reads_the_rounded_attention_output(
+    tmp_path: Path, quantized_builtin: Callable[..., Path]
+) -> None:
+    """One reader of each attention output (o_proj's FP8 QuantizeLinear): TensorRT-RTX fuses attention
+    into its MHA kernel only then."""
+    source = quantized_builtin("fp8", "fp8")
+    graph = onnx.load(
+        str(export_quantized_step_onnx(source, tmp_path / "step.onnx", torch.float32, adapter=True))
+    ).graph
+    readers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.op_type)
+    o_proj_inputs = [node.input[0] for node in graph.node if node.name.endswith("self_attn.o_proj.input.Q")]
+    assert len(o_proj_inputs) == 6 and all(readers[name] == ["QuantizeLinear"] for name in o_proj_inputs)
+    lora_inputs = [
+        name for node in graph.node if node.op_type == "MatMul" for name in node.input if ".o_proj.input.dq" in name
+    ]
+    assert len(lora_inputs) == 2 * 6  # o_proj itself and the LoRA's first matrix, per layer

@@ -130,4 +130,6 @@ def test_quantized_networks_build_rtx_engines_that_keep_low_precision_weights(
         assert engine["targets"] == ["sm120"]
         # Every quantized linear's weight is an Int4 / FP8 constant of the engine, in each profile.
         assert engine["constant_types"].get(QUANTIZED_WEIGHT_TYPE[precision]) == linears * profiles
+        # Attention still fuses into the MHA kernel in every layer and profile (the draft LoRA included).
+        assert engine["fused_attention_layers"] == load_config(model).num_hidden_layers * profiles
         assert b"accelerators={sm120 }" in (out / "engine" / f"{name}.engine").read_bytes()
