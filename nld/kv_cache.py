@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from nld.errors import NLDError
+from nld.kernels.ops import kv_keep_
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -61,6 +62,9 @@ class KVCache:
         if len(offsets) and (index.max() >= self.length or (index.diff() <= 0).any()):
             raise ValueError(f"keep offsets {list(offsets)} must be ascending and below {self.length - start}")
         kept = len(offsets)
-        self.keys[:, :, start : start + kept] = self.keys[:, :, index]
-        self.values[:, :, start : start + kept] = self.values[:, :, index]
+        starts = torch.tensor([start], device=self.keys.device)
+        counts = torch.tensor([kept], device=self.keys.device)
+        for cache in (self.keys, self.values):  # the gather kernel, on [1, layers x heads, capacity, D]
+            flat = cache.view(1, -1, *cache.shape[2:])
+            kv_keep_(flat, starts, index[None] - start, counts)
         self.length = start + kept

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from nld.kernels.ops import top1_confidence
+
 
 @dataclass
 class Sampler:
@@ -52,6 +54,8 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 def select_tokens(logits: torch.Tensor, sampler: Sampler) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row of `logits` [N, V]; return (ids [N] int64, confidence [N] float32)."""
+    if sampler.greedy and len(sampler.banned_ids) <= 1:  # the top-1 kernel (CUDA) or its reference
+        return top1_confidence(logits, sampler.banned_ids[0] if sampler.banned_ids else -1)
     logits = logits.float()
     if sampler.banned_ids:
         logits = logits.clone()

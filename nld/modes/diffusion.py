@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from nld.kernels import ops as kernels
 from nld.modes.ar import LAST
 from nld.modes.base import Decoding, Policy
 from nld.step import bidirectional, causal
@@ -19,19 +20,10 @@ def select_commits(
     confidence: torch.Tensor, is_mask: torch.Tensor, count: int | None, threshold: float | None
 ) -> torch.Tensor:
     """Bool mask of the masked positions to commit: the top-`count` by confidence, or with a threshold
-    the single most confident plus every other masked position at or above it."""
-    ranked = torch.where(is_mask, confidence, torch.tensor(float("-inf")))
-    if threshold is not None:
-        count = int(is_mask.sum())
-    commit = torch.zeros_like(is_mask)
-    if not count:
-        return commit
-    top = torch.topk(ranked, k=count).indices
-    commit[top[0]] = True
-    for index in top[1:]:
-        if threshold is None or ranked[index] >= threshold:
-            commit[index] = True
-    return commit
+    the single most confident plus every other masked position at or above it (the commit kernel)."""
+    counts = torch.tensor([count or 0], device=confidence.device)
+    use_threshold = threshold is not None
+    return kernels.select_commits(confidence[None], is_mask[None], counts, use_threshold, threshold or 0.0)[0]
 
 
 def eos_blocks_further_work(block: torch.Tensor, decoding: Decoding) -> bool:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import torch
 
+from nld.kernels import ops as kernels
 from nld.modes.ar import prefill
 from nld.modes.base import Decoding, Policy
 from nld.step import bidirectional, causal
 
 
-def accepted_length(verified: list[int], block: list[int]) -> int:
-    """Count of verifier tokens to emit: while verified[i] equals the drafted block[i+1], plus one bonus."""
-    accepted = 0
-    while accepted < len(block) - 1 and verified[accepted] == block[accepted + 1]:
-        accepted += 1
-    return accepted + 1
+def accepted_length(verified: torch.Tensor, block: torch.Tensor) -> int:
+    """Count of verifier tokens to emit: while verified[i] equals the drafted block[i+1], plus one bonus
+    (the verify kernel on one sequence)."""
+    accepted, _ = kernels.accept_drafts(block[None], verified[None])
+    return int(accepted[0])
 
 
 def linear_spec_policy(decoding: Decoding) -> Policy:
@@ -49,8 +49,8 @@ def linear_spec_policy(decoding: Decoding) -> Policy:
         result = yield decoding.request(block, causal(length), write_cache=True)
         decoding.state.nfe += 1
         decoding.state.forwards += 1
+        accepted = accepted_length(result.token_ids, block)
         verified = result.token_ids.tolist()
-        accepted = accepted_length(verified, block.tolist())
         decoding.state.acceptance_lengths.append(accepted)
         decoding.cache.crop(start + accepted)
         seed = verified[accepted - 1]

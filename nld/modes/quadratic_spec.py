@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from nld.modes.base import Decoding, Policy
+from nld.modes.linear_spec import accepted_length
 from nld.step import bidirectional, causal
 
 DEFAULT_BLOCK = 16  # capped at the checkpoint's block_size
@@ -69,9 +70,7 @@ def quadratic_spec_policy(decoding: Decoding) -> Policy:
         decoding.state.nfe += 1
         decoding.state.forwards += 1
         predicted = result.token_ids.view(block, row)
-        accepted = 1
-        while accepted < block and int(predicted[accepted - 1, 0]) == int(draft[accepted]):
-            accepted += 1
+        accepted = accepted_length(predicted[:, 0], draft)  # d_k stands while the AR token after d_(k-1) is d_k
         decoding.state.acceptance_lengths.append(accepted)
         decoding.cache.keep(committed, [i * row for i in range(accepted)])
         emitted = draft[:accepted].tolist()
