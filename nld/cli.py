@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nld.backends.torch_backend import DTYPES
+from nld.cli_bench import add_bench_command
 from nld.cli_quantize import add_quantize_commands
 from nld.cli_serve import add_serving_commands
 from nld.errors import NLDError
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(subparsers)
     add_serving_commands(subparsers, _add_model_options, _model_dir)
     add_quantize_commands(subparsers, _model_dir)
+    add_bench_command(subparsers, _add_model_options, _model_dir)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""`nld bench`: SPEED-Bench-style measurement of every decoding mode across concurrency."""

@@ -1,0 +1,92 @@
+"""The sweep (every mode x concurrency), its Markdown table and its JSON file."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from nld.bench.prompts import BenchPrompt
+from nld.bench.runner import SweepPoint, run_point
+from nld.errors import NLDError
+from nld.modes import MODES
+from nld.step import StepBackend
+from nld.tokenizer import NLDTokenizer
+
+TABLE_COLUMNS = (
+    ("mode", "mode"),
+    ("concurrency", "users"),
+    ("tokens_per_forward", "TPF"),
+    ("acceptance_length", "acceptance"),
+    ("output_tokens_per_s", "tok/s total"),
+    ("output_tokens_per_s_per_user", "tok/s per user"),
+    ("forwards_per_s_per_user", "forwards/s per user"),
+    ("ttft_ms_p50", "TTFT p50 ms"),
+    ("ttft_ms_p99", "TTFT p99 ms"),
+    ("itl_ms_p50", "ITL p50 ms"),
+    ("itl_ms_p99", "ITL p99 ms"),
+    ("runtime_overhead_share", "overhead"),
+)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    modes: tuple[str, ...] = tuple(MODES)
+    concurrency: tuple[int, ...] = (1, 4)
+    max_new_tokens: int = 64
+    warmup: int = 1
+    repeat: int = 1
+
+    def check(self) -> None:
+        unknown = [mode for mode in self.modes if mode not in MODES]
+        if unknown:
+            raise NLDError(f"--modes: unknown {', '.join(unknown)} (choose from {', '.join(MODES)})")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise NLDError(f"--concurrency: every level must be >= 1, got {list(self.concurrency)}")
+        for name in ("max_new_tokens", "repeat"):
+            if getattr(self, name) < 1:
+                raise NLDError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise NLDError(f"--warmup must be >= 0, got {self.warmup}")
+
+
+def run_sweep(
+    backend: StepBackend, tokenizer: NLDTokenizer, prompts: list[BenchPrompt], settings: BenchSettings
+) -> list[dict]:
+    """One record per mode x concurrency, with a progress bar over all measured requests."""
+    settings.check()
+    encoded = [(prompt, tokenizer.encode_prompt(prompt.text)) for prompt in prompts]  # as the server does
+    points = [SweepPoint(mode, level) for mode in settings.modes for level in settings.concurrency]
+    records = []
+    with tqdm(total=len(points) * len(encoded) * settings.repeat, desc="bench", unit="request") as bar:
+        for point in points:
+            bar.set_postfix_str(f"{point.mode} x{point.concurrency}")
+            records.append(
+                run_point(
+                    backend, encoded, point, settings.max_new_tokens, settings.warmup, settings.repeat, bar.update
+                )
+            )
+    return records
+
+
+def markdown_table(records: list[dict]) -> str:
+    header = "| " + " | ".join(title for _, title in TABLE_COLUMNS) + " |"
+    rule = "|" + "---|" * len(TABLE_COLUMNS)
+    rows = []
+    for record in records:
+        cells = ["-" if record[key] is None else str(record[key]) for key, _ in TABLE_COLUMNS]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join([header, rule, *rows])
+
+
+def write_results(out: Path, records: list[dict], context: dict) -> tuple[Path, Path]:
+    """bench.json (context + records) and bench.md (the table) in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    context = {"host": platform.node(), "machine": platform.machine(), **context}
+    json_path, table_path = out / "bench.json", out / "bench.md"
+    json_path.write_text(json.dumps({"context": context, "records": records}, indent=2) + "\n")
+    table_path.write_text(markdown_table(records) + "\n")
+    return json_path, table_path

@@ -1,0 +1,69 @@
+"""`nld bench`: every mode at every concurrency level, in process; a Markdown table and JSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from nld.bench.prompts import load_prompts
+from nld.bench.sweep import BenchSettings, markdown_table, run_sweep, write_results
+from nld.errors import NLDError
+from nld.generate import load_backend
+from nld.tokenizer import NLDTokenizer
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--concurrency must be comma-separated integers, got {text!r}") from None
+
+
+def add_bench_command(
+    subparsers: argparse._SubParsersAction,
+    add_model_options: Callable[[argparse.ArgumentParser], None],
+    model_dir: Callable[[argparse.Namespace], str],
+) -> None:
+    defaults = BenchSettings()
+    parser = subparsers.add_parser("bench", help="tokens/forward, acceptance, throughput and latency per mode")
+    add_model_options(parser)
+    parser.add_argument("--modes", default=",".join(defaults.modes), help="comma-separated decoding modes")
+    parser.add_argument("--concurrency", type=_levels, default=defaults.concurrency, help="levels, e.g. 1,4,16")
+    parser.add_argument("--prompts", type=Path, help="JSONL with a 'prompt' (and 'category') per line")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--warmup", type=int, default=defaults.warmup, help="unmeasured requests per point")
+    parser.add_argument("--repeat", type=int, default=defaults.repeat, help="passes over the prompt set per point")
+    parser.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.json and bench.md")
+
+    def run(args: argparse.Namespace) -> int:
+        settings = BenchSettings(
+            tuple(mode.strip() for mode in args.modes.split(",") if mode.strip()),
+            args.concurrency,
+            args.max_new_tokens,
+            args.warmup,
+            args.repeat,
+        )
+        settings.check()
+        prompts = load_prompts(args.prompts)
+        model = model_dir(args)
+        tokenizer = NLDTokenizer.from_dir(model)
+        if tokenizer is None:
+            raise NLDError(f"{model}: no tokenizer.json; the benchmark prompts are text")
+        backend = load_backend(model, args.backend, args.dtype, args.device, True, args.build)
+        records = run_sweep(backend, tokenizer, prompts, settings)
+        context = {
+            "model": model,
+            "backend": args.backend,
+            "dtype": args.dtype,
+            "device": args.device,
+            "prompts": str(args.prompts or "built-in"),
+            "settings": {**vars(settings), "modes": list(settings.modes), "concurrency": list(settings.concurrency)},
+        }
+        json_path, table_path = write_results(args.out, records, context)
+        print(markdown_table(records))
+        print(f"\nwrote {json_path} and {table_path}", file=sys.stderr)
+        return 0
+
+    parser.set_defaults(handler=run)
