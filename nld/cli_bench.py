@@ -61,9 +61,9 @@ def add_bench_command(
             "prompts": str(args.prompts or "built-in"),
             "settings": {**vars(settings), "modes": list(settings.modes), "concurrency": list(settings.concurrency)},
         }
-        json_path, table_path = write_results(args.out, records, context)
+        written = write_results(args.out, records, context)
         print(markdown_table(records))
-        print(f"\nwrote {json_path} and {table_path}", file=sys.stderr)
+        print(f"\nwrote {', '.join(str(path) for path in written)}", file=sys.stderr)
         return 0
 
     parser.set_defaults(handler=run)

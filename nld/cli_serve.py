@@ -10,6 +10,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from nld.bench.crossover import read_auto_threshold
+from nld.errors import NLDError
 from nld.serving.client import NLDClient
 from nld.serving.inputs import REQUEST_MODES
 from nld.serving.repository import RepositorySettings, write_repository
@@ -33,9 +35,10 @@ def add_serving_commands(
     repo.add_argument("--default-max-tokens", type=int, default=defaults.default_max_tokens)
     repo.add_argument(
         "--auto-threshold",
-        type=int,
+        type=_auto_threshold,
         default=defaults.auto_threshold,
-        help="mode auto: self-speculate while fewer requests than this run, else AR",
+        help="mode auto: self-speculate while fewer requests than this run, else AR; a number, or the "
+        "crossover.json (or bench.json) of an nld bench run on the serving hardware",
     )
     repo.set_defaults(handler=lambda args: run_repo(args, model_dir(args)))
 
@@ -62,6 +65,16 @@ def add_serving_commands(
     client.add_argument("--threshold", type=float)
     client.add_argument("--json", action="store_true", help="print one JSON object at the end")
     client.set_defaults(handler=run_client)
+
+
+def _auto_threshold(value: str) -> int:
+    """--auto-threshold: an integer, or a file whose measured crossover gives it."""
+    if value.strip().isdigit():
+        return int(value)
+    try:
+        return read_auto_threshold(Path(value))
+    except NLDError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def run_repo(args: argparse.Namespace, model_dir: str) -> int:

@@ -72,5 +72,9 @@ def summarize(
         "itl_ms_p90": itl["p90"],
         "itl_ms_p99": itl["p99"],
         "runtime_overhead_share": round(1 - forward_seconds / wall, 4) if wall > 0 else None,
+        "tokens_per_forward_per_request": [
+            round(trace.tokens / trace.forwards, 4) for trace in traces if trace.forwards
+        ],
+        "acceptance_lengths": acceptance,
         "wall_s": round(wall, 3),
     }

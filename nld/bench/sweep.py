@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from nld.bench.crossover import CROSSOVER_FILE, SPECULATIVE, find_crossover
+from nld.bench.plots import histograms, pareto_chart
 from nld.bench.prompts import BenchPrompt
 from nld.bench.runner import SweepPoint, run_point
 from nld.errors import NLDError
@@ -82,11 +84,21 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join([header, rule, *rows])
 
 
-def write_results(out: Path, records: list[dict], context: dict) -> tuple[Path, Path]:
-    """bench.json (context + records) and bench.md (the table) in `out`."""
+def write_results(out: Path, records: list[dict], context: dict) -> list[Path]:
+    """In `out`: bench.json (context, records, crossover), bench.md (the table), crossover.json (when AR
+    and linear-spec were both measured), pareto.png and histograms.png."""
     out.mkdir(parents=True, exist_ok=True)
     context = {"host": platform.node(), "machine": platform.machine(), **context}
-    json_path, table_path = out / "bench.json", out / "bench.md"
-    json_path.write_text(json.dumps({"context": context, "records": records}, indent=2) + "\n")
-    table_path.write_text(markdown_table(records) + "\n")
-    return json_path, table_path
+    modes = {record["mode"] for record in records}
+    crossover = find_crossover(records) if {"ar", SPECULATIVE} <= modes else None
+    written = [out / "bench.json", out / "bench.md"]
+    written[0].write_text(json.dumps({"context": context, "records": records, "crossover": crossover}, indent=2) + "\n")
+    written[1].write_text(markdown_table(records) + "\n")
+    if crossover is not None:
+        written.append(out / CROSSOVER_FILE)
+        written[-1].write_text(json.dumps({**crossover, "context": context}, indent=2) + "\n")
+    model = Path(str(context.get("model", "model"))).name
+    title = f"{model} on {context.get('device', '?')} ({context.get('backend', '?')})"
+    written.append(pareto_chart(records, out / "pareto.png", title))
+    written.append(histograms(records, out / "histograms.png", title))
+    return written

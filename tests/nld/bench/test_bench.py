@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from nld.bench.crossover import find_crossover, read_auto_threshold
 from nld.bench.prompts import load_prompts
 from nld.cli import main
 from nld.errors import NLDError
@@ -53,6 +54,27 @@ def test_bench_smoke_writes_table_and_consistent_json(tmp_path: Path, capsys: py
     assert spec["acceptance_length"] >= 1 and spec["tokens_per_forward"] <= spec["acceptance_length"]
     # the decoded tokens do not depend on batching: the same TPF at every concurrency
     assert records[2]["tokens_per_forward"] == records[3]["tokens_per_forward"]
+    out = tmp_path / "out"
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "histograms.png").stat().st_size
+    crossover = json.loads((out / "crossover.json").read_text())
+    assert [row["concurrency"] for row in crossover["levels"]] == [1, 2] and crossover["max_level"] == 2
+
+
+def test_crossover_is_the_first_level_where_ar_catches_up(tmp_path: Path) -> None:
+    def record(mode: str, level: int, rate: float) -> dict:
+        return {"mode": mode, "concurrency": level, "output_tokens_per_s": rate}
+
+    sweep = [record("ar", 1, 50), record("ar", 4, 180), record("ar", 16, 600)]
+    sweep += [record("linear-spec", 1, 150), record("linear-spec", 4, 200), record("linear-spec", 16, 400)]
+    crossover = find_crossover(sweep)
+    assert crossover["auto_threshold"] == 16
+    path = tmp_path / "crossover.json"
+    path.write_text(json.dumps(crossover))
+    assert read_auto_threshold(path) == 16
+    never = find_crossover([r for r in sweep if r["concurrency"] < 16])
+    assert never["auto_threshold"] is None
+    path.write_text(json.dumps({"crossover": never}))  # a bench.json works too
+    assert read_auto_threshold(path) == 5  # speculate up to the highest level measured
 
 
 def test_built_in_prompts_cover_the_speed_bench_categories() -> None:
@@ -70,3 +92,11 @@ def test_bad_prompt_files_and_settings_are_named(tmp_path: Path, capsys: pytest.
     assert main(["bench", "--concurrency", "0", "--out", str(tmp_path / "o")]) == 2
     assert "--concurrency: every level must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_repo_takes_the_auto_threshold_from_a_crossover_file(tmp_path: Path) -> None:
+    crossover = tmp_path / "crossover.json"
+    crossover.write_text(json.dumps({"auto_threshold": 3, "max_level": 16, "levels": []}))
+    assert main(["repo", "--output", str(tmp_path / "repo"), "--auto-threshold", str(crossover)]) == 0
+    settings = json.loads((tmp_path / "repo" / "nld_repository.json").read_text())
+    assert settings["auto_threshold"] == 3
