@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nld.bench.prompts import load_prompts
-from nld.bench.sweep import BenchSettings, markdown_table, run_sweep, write_results
+from nld.bench.sweep import BenchSettings, in_process, markdown_table, run_sweep, served, write_results
 from nld.errors import NLDError
 from nld.generate import load_backend
 from nld.tokenizer import NLDTokenizer
@@ -35,7 +35,11 @@ def add_bench_command(
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     parser.add_argument("--warmup", type=int, default=defaults.warmup, help="unmeasured requests per point")
     parser.add_argument("--repeat", type=int, default=defaults.repeat, help="passes over the prompt set per point")
-    parser.add_argument("--out", type=Path, default=Path("bench"), help="folder for bench.json and bench.md")
+    parser.add_argument("--out", type=Path, default=Path("bench"), help="folder for the JSON, table and charts")
+    parser.add_argument("--url", help="benchmark a running server (gRPC host:port) instead of --model in process")
+    parser.add_argument(
+        "--metrics-url", help="with --url: its Prometheus endpoint (default: http://<host>:8002/metrics)"
+    )
 
     def run(args: argparse.Namespace) -> int:
         settings = BenchSettings(
@@ -47,17 +51,21 @@ def add_bench_command(
         )
         settings.check()
         prompts = load_prompts(args.prompts)
-        model = model_dir(args)
-        tokenizer = NLDTokenizer.from_dir(model)
-        if tokenizer is None:
-            raise NLDError(f"{model}: no tokenizer.json; the benchmark prompts are text")
-        backend = load_backend(model, args.backend, args.dtype, args.device, True, args.build)
-        records = run_sweep(backend, tokenizer, prompts, settings)
-        context = {
-            "model": model,
-            "backend": args.backend,
-            "dtype": args.dtype,
-            "device": args.device,
+        if args.url:
+            host = args.url.rsplit(":", 1)[0]
+            metrics_url = args.metrics_url or f"http://{host}:8002/metrics"
+            measure = served(args.url, metrics_url, prompts, settings)
+            context = {"url": args.url, "metrics_url": metrics_url, "backend": "server", "device": args.url}
+        else:
+            model = model_dir(args)
+            tokenizer = NLDTokenizer.from_dir(model)
+            if tokenizer is None:
+                raise NLDError(f"{model}: no tokenizer.json; the benchmark prompts are text")
+            backend = load_backend(model, args.backend, args.dtype, args.device, True, args.build)
+            measure = in_process(backend, tokenizer, prompts, settings)
+            context = {"model": model, "backend": args.backend, "dtype": args.dtype, "device": args.device}
+        records = run_sweep(measure, len(prompts), settings)
+        context |= {
             "prompts": str(args.prompts or "built-in"),
             "settings": {**vars(settings), "modes": list(settings.modes), "concurrency": list(settings.concurrency)},
         }

@@ -43,9 +43,15 @@ def _percentiles(values: list[float], scale: float) -> dict[str, float]:
 
 
 def summarize(
-    mode: str, concurrency: int, traces: list[RequestTrace], wall: float, forward_seconds: float, batched_forwards: int
+    mode: str,
+    concurrency: int,
+    traces: list[RequestTrace],
+    wall: float,
+    forward_seconds: float | None,
+    batched_forwards: int | None,
 ) -> dict:
-    """One record of the sweep (mode x concurrency)."""
+    """One record of the sweep (mode x concurrency). `forward_seconds` (time inside the network forwards)
+    and `batched_forwards` are None where they cannot be seen (a remote server without metrics)."""
     tokens = sum(trace.tokens for trace in traces)
     forwards = sum(trace.forwards for trace in traces)
     # Per-user rates over the users' own time (sum of request durations): tokens/s per user is then
@@ -64,14 +70,14 @@ def summarize(
         "output_tokens_per_s": round(tokens / wall, 2),
         "output_tokens_per_s_per_user": round(tokens / user_seconds, 3) if user_seconds > 0 else None,
         "forwards_per_s_per_user": round(forwards / user_seconds, 3) if user_seconds > 0 else None,
-        "batched_forwards_per_s": round(batched_forwards / wall, 2),
+        "batched_forwards_per_s": round(batched_forwards / wall, 2) if batched_forwards is not None else None,
         "ttft_ms_p50": ttft["p50"],
         "ttft_ms_p90": ttft["p90"],
         "ttft_ms_p99": ttft["p99"],
         "itl_ms_p50": itl["p50"],
         "itl_ms_p90": itl["p90"],
         "itl_ms_p99": itl["p99"],
-        "runtime_overhead_share": round(1 - forward_seconds / wall, 4) if wall > 0 else None,
+        "runtime_overhead_share": round(1 - forward_seconds / wall, 4) if forward_seconds is not None else None,
         "tokens_per_forward_per_request": [
             round(trace.tokens / trace.forwards, 4) for trace in traces if trace.forwards
         ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from nld.bench.crossover import CROSSOVER_FILE, SPECULATIVE, find_crossover
 from nld.bench.plots import histograms, pareto_chart
 from nld.bench.prompts import BenchPrompt
 from nld.bench.runner import SweepPoint, run_point
+from nld.bench.served import run_point_served
 from nld.errors import NLDError
 from nld.modes import MODES
 from nld.step import StepBackend
@@ -55,22 +57,35 @@ class BenchSettings:
             raise NLDError(f"--warmup must be >= 0, got {self.warmup}")
 
 
-def run_sweep(
+Measure = Callable[[SweepPoint, Callable[[int], object]], dict]
+
+
+def in_process(
     backend: StepBackend, tokenizer: NLDTokenizer, prompts: list[BenchPrompt], settings: BenchSettings
-) -> list[dict]:
+) -> Measure:
+    """Points measured on the batching engine in this process."""
+    encoded = [(prompt, tokenizer.encode_prompt(prompt.text)) for prompt in prompts]  # as the server does
+    return lambda point, progress: run_point(
+        backend, encoded, point, settings.max_new_tokens, settings.warmup, settings.repeat, progress
+    )
+
+
+def served(url: str, metrics_url: str | None, prompts: list[BenchPrompt], settings: BenchSettings) -> Measure:
+    """Points measured through a running server's gRPC endpoint."""
+    return lambda point, progress: run_point_served(
+        url, prompts, point, settings.max_new_tokens, settings.warmup, settings.repeat, metrics_url, progress
+    )
+
+
+def run_sweep(measure: Measure, requests_per_point: int, settings: BenchSettings) -> list[dict]:
     """One record per mode x concurrency, with a progress bar over all measured requests."""
     settings.check()
-    encoded = [(prompt, tokenizer.encode_prompt(prompt.text)) for prompt in prompts]  # as the server does
     points = [SweepPoint(mode, level) for mode in settings.modes for level in settings.concurrency]
     records = []
-    with tqdm(total=len(points) * len(encoded) * settings.repeat, desc="bench", unit="request") as bar:
+    with tqdm(total=len(points) * requests_per_point * settings.repeat, desc="bench", unit="request") as bar:
         for point in points:
             bar.set_postfix_str(f"{point.mode} x{point.concurrency}")
-            records.append(
-                run_point(
-                    backend, encoded, point, settings.max_new_tokens, settings.warmup, settings.repeat, bar.update
-                )
-            )
+            records.append(measure(point, bar.update))
     return records
 
 

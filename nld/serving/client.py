@@ -33,6 +33,8 @@ class ClientResult:
     finish_reason: str | None = None
     nfe: int | None = None
     tokens_per_forward: float | None = None
+    forwards: int | None = None
+    acceptance_lengths: list[int] = field(default_factory=list)
 
 
 def build_inputs(values: dict[str, Any]) -> list[Any]:
@@ -82,10 +84,12 @@ class NLDClient:
         text: str | None,
         on_piece: Callable[[str], None] | None = None,
         timeout: float = 300.0,
+        on_ids: Callable[[list[int]], None] | None = None,
         cancel_after: int | None = None,
         **options: Any,
     ) -> ClientResult:
         """Send one request (options: the request inputs, e.g. mode="ar", max_tokens=64, stream=False).
+        `on_ids` hears the token ids of each response as it arrives.
         `cancel_after` closes the stream after that many responses (request cancellation). Raises
         NLDError with the server's message for a refused request."""
         responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
@@ -111,14 +115,19 @@ class NLDClient:
                     ids = response.as_numpy("output_ids")
                     result.pieces.append(text_piece)
                     result.text += text_piece
-                    result.output_ids += [] if ids is None else ids.reshape(-1).tolist()
+                    new_ids = [] if ids is None else ids.reshape(-1).tolist()
+                    result.output_ids += new_ids
                     if on_piece is not None:
                         on_piece(text_piece)
+                    if on_ids is not None:
+                        on_ids(new_ids)
                 reason = response.as_numpy("finish_reason")
                 if reason is not None:
                     result.finish_reason = reason.reshape(-1)[0].decode("utf-8")
                     result.nfe = int(response.as_numpy("nfe").reshape(-1)[0])  # type: ignore[union-attr]
                     result.tokens_per_forward = float(response.as_numpy("tokens_per_forward").reshape(-1)[0])  # type: ignore[union-attr]
+                    result.forwards = int(response.as_numpy("forwards").reshape(-1)[0])  # type: ignore[union-attr]
+                    result.acceptance_lengths = response.as_numpy("acceptance_lengths").reshape(-1).tolist()  # type: ignore[union-attr]
                 if _is_final(response):
                     break
                 if cancel_after is not None and len(result.pieces) >= cancel_after:

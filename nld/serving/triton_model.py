@@ -131,6 +131,8 @@ class TritonPythonModel:
                 "finish_reason": generation.finish_reason or "",
                 "nfe": generation.nfe,
                 "tokens_per_forward": generation.tokens_per_forward,
+                "forwards": generation.forwards,
+                "acceptance_lengths": generation.acceptance_lengths,
             }
         sender.send(self._response(piece, pending, stats), flags=final)
         self._publish_metrics()
@@ -145,6 +147,8 @@ class TritonPythonModel:
                 self.pb.Tensor("finish_reason", np.array([stats["finish_reason"].encode()], dtype=np.object_)),
                 self.pb.Tensor("nfe", np.array([stats["nfe"]], dtype=np.int32)),
                 self.pb.Tensor("tokens_per_forward", np.array([stats["tokens_per_forward"]], dtype=np.float32)),
+                self.pb.Tensor("forwards", np.array([stats["forwards"]], dtype=np.int32)),
+                self.pb.Tensor("acceptance_lengths", np.array(stats["acceptance_lengths"], dtype=np.int32)),
             ]
         return self.pb.InferenceResponse(output_tensors=tensors)
 

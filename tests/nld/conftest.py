@@ -1,8 +1,9 @@
-"""Fixtures shared by the packages' tests: the built-in model quantized once per session."""
+"""Fixtures shared by the packages' tests: the built-in model quantized once per session, and one real
+tritonserver serving it (started on first use, for the `server` tests)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,11 @@ from nld.quantize.calibration import calibration_windows, read_texts
 from nld.quantize.export_hf import export_quantized_hf
 from nld.quantize.ptq import quantize_model
 from nld.quantize.recipes import RECIPES
+from nld.serving.repository import RepositorySettings, write_repository
+from nld.serving.server import ServerSettings, TritonServer, free_port
 from nld.tokenizer import NLDTokenizer
+
+SERVER_KV_BLOCKS = 2048
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +40,15 @@ def quantized_builtin(tmp_path_factory: pytest.TempPathFactory) -> Callable[...,
         return made[precision, kv_cache]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerSettings]:
+    """The built-in model behind the real tritonserver on free loopback ports (16 requests at once)."""
+    repo = write_repository(
+        tmp_path_factory.mktemp("serve") / "repo",
+        RepositorySettings(str(default_model_dir()), max_batch=16, kv_blocks=SERVER_KV_BLOCKS),
+    )
+    settings = ServerSettings(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    with TritonServer(settings):
+        yield settings

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,25 +17,19 @@ from nld.generate import generate, load_backend
 from nld.models import default_model_dir
 from nld.modes import MODES, GenerationParams
 from nld.serving.client import NLDClient, read_metrics
-from nld.serving.repository import RepositorySettings, write_repository
-from nld.serving.server import ServerSettings, TritonServer, free_port
+from nld.serving.server import ServerSettings, TritonServer
 from nld.tokenizer import NLDTokenizer
+from tests.nld.conftest import SERVER_KV_BLOCKS
 
 pytestmark = pytest.mark.server
 
 PROMPT = "def fibonacci(n):"
-KV_BLOCKS = 2048
+KV_BLOCKS = SERVER_KV_BLOCKS
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerSettings]:
-    repo = write_repository(
-        tmp_path_factory.mktemp("serve") / "repo",
-        RepositorySettings(str(default_model_dir()), max_batch=16, kv_blocks=KV_BLOCKS),
-    )
-    settings = ServerSettings(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
-    with TritonServer(settings):
-        yield settings
+def server(tiny_server: ServerSettings) -> ServerSettings:
+    return tiny_server
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +62,10 @@ def test_streamed_output_equals_in_process_generate(server: ServerSettings, loca
     assert len(streamed.pieces) > 1 and len(whole.pieces) == 1
     assert "".join(streamed.pieces) == whole.text and streamed.output_ids == whole.output_ids
     assert streamed.finish_reason == "length" and streamed.nfe and streamed.tokens_per_forward
+    backend, tokenizer = local
+    generation = generate(backend, tokenizer.encode_prompt(PROMPT), mode, GenerationParams(40))
+    assert streamed.forwards == generation.forwards
+    assert streamed.acceptance_lengths == generation.acceptance_lengths
 
 
 def test_sixteen_concurrent_mixed_requests(server: ServerSettings, local: tuple) -> None:
