@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nld.bench.prompts import load_prompts
+from nld.bench.roofline import roofline_markdown, roofline_rows
 from nld.bench.sweep import BenchSettings, in_process, markdown_table, run_sweep, served, write_results
 from nld.errors import NLDError
 from nld.generate import load_backend
@@ -36,6 +37,7 @@ def add_bench_command(
     parser.add_argument("--warmup", type=int, default=defaults.warmup, help="unmeasured requests per point")
     parser.add_argument("--repeat", type=int, default=defaults.repeat, help="passes over the prompt set per point")
     parser.add_argument("--out", type=Path, default=Path("bench"), help="folder for the JSON, table and charts")
+    parser.add_argument("--plan", type=Path, help="an nld-build plan.json: its roofline next to the measurement")
     parser.add_argument("--url", help="benchmark a running server (gRPC host:port) instead of --model in process")
     parser.add_argument(
         "--metrics-url", help="with --url: its Prometheus endpoint (default: http://<host>:8002/metrics)"
@@ -69,8 +71,12 @@ def add_bench_command(
             "prompts": str(args.prompts or "built-in"),
             "settings": {**vars(settings), "modes": list(settings.modes), "concurrency": list(settings.concurrency)},
         }
+        if args.plan is not None:
+            context["roofline"] = roofline_rows(args.plan, records, context["device"])
         written = write_results(args.out, records, context)
         print(markdown_table(records))
+        if args.plan is not None:
+            print("\n" + roofline_markdown(context["roofline"]))
         print(f"\nwrote {', '.join(str(path) for path in written)}", file=sys.stderr)
         return 0
 

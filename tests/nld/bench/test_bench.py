@@ -100,3 +100,28 @@ def test_repo_takes_the_auto_threshold_from_a_crossover_file(tmp_path: Path) -> 
     assert main(["repo", "--output", str(tmp_path / "repo"), "--auto-threshold", str(crossover)]) == 0
     settings = json.loads((tmp_path / "repo" / "nld_repository.json").read_text())
     assert settings["auto_threshold"] == 3
+
+
+def test_roofline_companion_compares_only_on_the_target(tmp_path: Path) -> None:
+    from nld.bench.roofline import roofline_markdown, roofline_rows
+    from nld.builder.plan import make_plan
+    from nld.builder.skus import get_sku
+    from nld.config import load_config
+    from nld.models import default_model_dir
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(make_plan(load_config(default_model_dir()), get_sku("rtx-pro-6000"), "fp16").as_dict()))
+    records = [
+        {"mode": "ar", "concurrency": 1, "tokens_per_forward": 1.0, "output_tokens_per_s_per_user": 50.0},
+        {"mode": "linear-spec", "concurrency": 1, "tokens_per_forward": 0.9, "output_tokens_per_s_per_user": 30.0},
+        {"mode": "ar", "concurrency": 4, "tokens_per_forward": 1.0, "output_tokens_per_s_per_user": 20.0},
+    ]
+    rows = roofline_rows(plan, records, "cpu")
+    assert [row["mode"] for row in rows] == ["ar", "linear-spec"]
+    ar = rows[0]
+    assert ar["target"] == "rtx-pro-6000" and not ar["measured_on_target"] and ar["share_of_roofline"] is None
+    assert ar["roofline_at_measured_tpf"] == ar["roofline_tokens_per_s"]  # AR's assumed TPF is its measured 1.0
+    spec = rows[1]
+    expected = spec["roofline_tokens_per_s"] * 0.9 / spec["assumed_tokens_per_forward"]
+    assert spec["roofline_at_measured_tpf"] == pytest.approx(expected, rel=1e-3)
+    assert "| ar | rtx-pro-6000 |" in roofline_markdown(rows)
