@@ -14,7 +14,7 @@ values are unpacked, split and repacked). Linears that TRT-LLM fuses must share 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from nld.checkpoint import (
     FILE_DTYPES,
     QUANT_CONFIG_FILE,
     QUANTIZED_FILE_DTYPES,
+    LazyWeights,
     _open,
     _weight_files,
     expected_shapes,
@@ -51,13 +52,14 @@ SHARED_SCALARS = {
 SUPPORTED_ALGORITHMS = tuple(SHARED_SCALARS)
 
 
-class RawWeights(Mapping[str, torch.Tensor]):
-    """Every tensor of a checkpoint as stored (quantized ones included), read from disk on demand."""
+class RawWeights(LazyWeights):
+    """Every tensor of a checkpoint as stored (quantized ones included), read from disk on demand; unlike
+    LazyWeights, names and shapes are not the float layout's (check_quantized_weights checks them)."""
 
     def __init__(self, model_dir: Path) -> None:
         self.files = _weight_files(model_dir)
         known = FILE_DTYPES | QUANTIZED_FILE_DTYPES
-        self.specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        self.specs = {}
         for name, path in sorted(self.files.items()):
             with _open(path) as handle:
                 view = handle.get_slice(name)
@@ -68,17 +70,7 @@ class RawWeights(Mapping[str, torch.Tensor]):
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.files:
             raise CheckpointError(f"tensor '{name}' is missing from the quantized checkpoint")
-        with _open(self.files[name]) as handle:
-            return handle.get_tensor(name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.specs)
-
-    def __len__(self) -> int:
-        return len(self.specs)
-
-    def meta(self) -> dict[str, torch.Tensor]:
-        return {name: torch.empty(shape, dtype=dtype, device="meta") for name, (shape, dtype) in self.specs.items()}
+        return super().__getitem__(name)
 
 
 def read_quantization(model_dir: Path) -> dict | None:

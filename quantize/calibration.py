@@ -13,7 +13,6 @@ causal ones (mask embeddings, bidirectional mixing), so calibrating on causal te
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from nld.config import NLDConfig
 from nld.errors import NLDError
+from nld.jsonl import jsonl_records
 from nld.model import NLDTransformer
 from nld.tiny.data import read_source, stdlib_corpus
 from nld.tokenizer import NLDTokenizer
@@ -37,14 +37,8 @@ def read_texts(path: Path | None) -> list[str]:
     if path.suffix != ".jsonl":
         return [path.read_text(encoding="utf-8", errors="replace")]
     texts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise NLDError(f"{path}, line {number}: not JSON ({error.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+    for number, record in jsonl_records(path.read_text(encoding="utf-8"), str(path)):
+        if not isinstance(record.get("text"), str):
             raise NLDError(f'{path}, line {number}: needs a string field "text"')
         texts.append(record["text"])
     return texts

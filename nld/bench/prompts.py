@@ -3,12 +3,12 @@ code corpus) or a user JSONL with a "prompt" field (and optionally "category") p
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from nld.errors import NLDError
+from nld.jsonl import jsonl_records
 
 BUILT_IN = "prompts.jsonl"
 
@@ -22,23 +22,17 @@ class BenchPrompt:
 def load_prompts(path: Path | None = None) -> list[BenchPrompt]:
     """The prompts of `path` (JSONL), or the built-in set; a bad line is named."""
     if path is None:
-        lines = (resources.files("nld.bench") / BUILT_IN).read_text().splitlines()
+        text = (resources.files("nld.bench") / BUILT_IN).read_text()
         where = f"nld/bench/{BUILT_IN}"
     else:
         if not Path(path).is_file():
             raise NLDError(f"--prompts {path}: no such file")
-        lines = Path(path).read_text().splitlines()
+        text = Path(path).read_text(encoding="utf-8")
         where = str(path)
     prompts = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise NLDError(f"{where}:{number}: not JSON ({error.msg})") from None
-        if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str) or not entry["prompt"]:
-            raise NLDError(f"{where}:{number}: needs a non-empty string field 'prompt'")
+    for number, entry in jsonl_records(text, where):
+        if not isinstance(entry.get("prompt"), str) or not entry["prompt"]:
+            raise NLDError(f"{where}, line {number}: needs a non-empty string field 'prompt'")
         prompts.append(BenchPrompt(str(entry.get("category", "user")), entry["prompt"]))
     if not prompts:
         raise NLDError(f"{where}: no prompts")

@@ -85,7 +85,7 @@ def test_built_in_prompts_cover_the_speed_bench_categories() -> None:
 def test_bad_prompt_files_and_settings_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x"}\n{"text": "no prompt"}\n')
-    with pytest.raises(NLDError, match=r"bad\.jsonl:2: needs a non-empty string field 'prompt'"):
+    with pytest.raises(NLDError, match=r"bad\.jsonl, line 2: needs a non-empty string field 'prompt'"):
         load_prompts(bad)
     assert main(["bench", "--modes", "ar,beam", "--out", str(tmp_path / "o")]) == 2
     assert "--modes: unknown beam" in capsys.readouterr().err
