@@ -3,6 +3,7 @@ and nvcc as CI has them; the torch binding passes a syntax check against torch's
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -80,3 +81,47 @@ def test_torch_binding_passes_a_syntax_check(tmp_path: Path) -> None:
     command = [compiler, "-std=c++20", "-fsyntax-only", *includes, str(PLUGINS / "torch" / "nld_ops.cpp")]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_tensorrt_plugins_build_when_headers_are_given(tmp_path: Path) -> None:
+    """Only with TensorRT headers (NLD_TENSORRT_ROOT=<dir with include/NvInferRuntime.h>): the IPluginV3
+    wrappers compile and link into a library exporting getCreators for TensorRT's plugin loader."""
+    root = os.environ.get("NLD_TENSORRT_ROOT")
+    if not root or not (Path(root) / "include" / "NvInferRuntime.h").exists():
+        pytest.skip("no TensorRT headers (set NLD_TENSORRT_ROOT); the pip wheels ship none")
+    cmake, nvcc = need("cmake"), need("nvcc")
+    build = tmp_path / "build"
+    configure = [
+        cmake,
+        "-S",
+        str(PLUGINS),
+        "-B",
+        str(build),
+        f"-DCMAKE_CUDA_COMPILER={nvcc}",
+        f"-DTENSORRT_ROOT={root}",
+    ]
+    configure += ["-DNLD_CUDA_ARCHITECTURES=120a"]
+    subprocess.run(configure, check=True, capture_output=True, text=True)
+    result = subprocess.run([cmake, "--build", str(build), "-j2"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    library = build / "libnld_trt_plugins.so"
+    symbols = subprocess.run(["nm", "-D", str(library)], capture_output=True, text=True).stdout
+    assert " T getCreators" in symbols and " T setLoggerFinder" in symbols
+    # TensorRT-RTX loads it and builds an SM120 engine around each plugin (its ONNX parser dlopens the
+    # unversioned libtensorrt_rtx.so, which the wheel lacks: a link in a private folder stands in).
+    import tensorrt_rtx_libs
+
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "libtensorrt_rtx.so").symlink_to(Path(tensorrt_rtx_libs.__file__).parent / "libtensorrt_rtx.so.1")
+    script = Path(__file__).parent / "trt_engine_check.py"
+    environment = {**os.environ, "LD_LIBRARY_PATH": f"{links}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    run = subprocess.run([sys.executable, str(script), str(library)], capture_output=True, text=True, env=environment)
+    assert run.returncode == 0, run.stderr[-4000:]
+    results = {entry["plugin"]: entry for entry in map(json.loads, run.stdout.splitlines())}
+    assert all(entry["built"] for entry in results.values()), results
+    assert "logits (Half[-1,4096]) -> ids (Int64[-1]), confidence (Float[-1])" in results["NldTop1Confidence"]["layer"]
+    assert "-> commit (Bool[-1,8])" in results["NldSelectCommits"]["layer"]
+    assert "-> accepted (Int64[-1]), emitted (Int64[-1,8])" in results["NldAcceptDrafts"]["layer"]
+    assert "-> kept (Half[-1,12,64,32])" in results["NldKvKeep"]["layer"]
+    assert "-> cropped (BFloat16[-1,12,64,32])" in results["NldKvCrop"]["layer"]
