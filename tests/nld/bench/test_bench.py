@@ -125,3 +125,22 @@ def test_roofline_companion_compares_only_on_the_target(tmp_path: Path) -> None:
     expected = spec["roofline_tokens_per_s"] * 0.9 / spec["assumed_tokens_per_forward"]
     assert spec["roofline_at_measured_tpf"] == pytest.approx(expected, rel=1e-3)
     assert "| ar | rtx-pro-6000 |" in roofline_markdown(rows)
+
+
+def test_auto_follows_a_measured_crossover(tmp_path: Path) -> None:
+    """A crossover of 2 users: mode auto speculates for the first two concurrent requests, AR for the third."""
+    from nld.engine import Engine, EngineSettings
+    from nld.modes import GenerationParams
+    from tests.nld.helpers import backend_for
+
+    crossover = tmp_path / "crossover.json"
+    crossover.write_text(json.dumps({"auto_threshold": 2, "max_level": 16, "levels": []}))
+    engine = Engine(backend_for("tiny_b8_spec_lora"), EngineSettings(auto_threshold=read_auto_threshold(crossover)))
+    finals = {}
+    ids = [
+        engine.submit([5 + i, 6, 7, 8], "auto", GenerationParams(4), lambda u: finals.update({u.request_id: u}))
+        for i in range(3)
+    ]
+    while engine.busy:
+        engine.step()
+    assert [finals[i].generation.mode for i in ids] == ["linear-spec", "linear-spec", "ar"]
