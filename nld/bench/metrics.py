@@ -35,9 +35,9 @@ class RequestTrace:
         return gaps
 
 
-def _percentiles(values: list[float], scale: float) -> dict[str, float]:
-    if not values:
-        return {name: float("nan") for name in ("p50", "p90", "p99")}
+def _percentiles(values: list[float], scale: float) -> dict[str, float | None]:
+    if not values:  # e.g. single-chunk requests have no inter-token gaps; JSON gets null, not NaN
+        return {name: None for name in ("p50", "p90", "p99")}
     array = np.asarray(values) * scale
     return {f"p{q}": round(float(np.percentile(array, q)), 3) for q in (50, 90, 99)}
 
