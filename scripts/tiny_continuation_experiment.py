@@ -1,0 +1,111 @@
+#!/usr/bin/env python
+"""Issue 3 experiments: continue the tiny model's final training state for a few steps with one lever,
+then measure held-out linear- / quadratic-spec acceptance, tokens per forward and perplexity (the
+side-by-side table of docs/tiny_model.md). Nothing in the repository is changed.
+
+    python scripts/tiny_continuation_experiment.py --targets chain --steps 120 --diffusion-weight 1.0
+
+--targets: `data` (the NLD recipe on the data, i.e. the NLD phase, longer), `chain` (noisy blocks from the
+model's own greedy AR continuations) or `mixed` (half the rows chains, half data). `--steps 0` measures the
+starting state. The state comes from a finished `scripts/train_tiny.py` work folder (--work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nld.backends import TorchBackend
+from nld.evaluate import held_out_token_stream, perplexity, sample_prompts
+from nld.generate import generate
+from nld.models import default_model_dir
+from nld.modes import GenerationParams
+from nld.tiny.data import evaluation_files, sample_windows, stdlib_corpus
+from nld.tiny.greedy_chains import greedy_block_chains
+from nld.tiny.recipe import NoiseSchedule, doubled_sequence_visibility, recipe_loss
+from nld.tiny.train import TrainSettings, _additive, new_model
+from nld.tokenizer import NLDTokenizer
+
+
+def measure(model: torch.nn.Module, stream: list[int], blocks: list[int]) -> dict:
+    """16 held-out prompts x 48 tokens (seed 5), no adapter; perplexity on 16 windows of 256 (seed 1)."""
+    model.eval()
+    backend = TorchBackend(model)
+    prompts = sample_prompts(stream, 16, 64, seed=5)
+    result = {}
+    for mode in ("linear-spec", "quadratic-spec"):
+        for block in blocks:
+            params = GenerationParams(max_new_tokens=48, block_length=block, use_adapter=False)
+            runs = [generate(backend, prompt, mode, params) for prompt in prompts]
+            acceptance = sum(run.mean_acceptance_length for run in runs) / len(runs)
+            tpf = sum(len(run.new_ids) for run in runs) / sum(run.forwards for run in runs)
+            result[f"{mode}-B{block}"] = {"acceptance": round(acceptance, 3), "tokens_per_forward": round(tpf, 3)}
+    result["perplexity"] = round(perplexity(backend, sample_prompts(stream, 16, 256, seed=1)), 2)
+    model.train()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--targets", choices=["data", "chain", "mixed"], default="chain")
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--lr", type=float, default=6e-4)
+    parser.add_argument("--full-mask-prob", type=float, default=0.3)
+    parser.add_argument("--diffusion-weight", type=float, default=0.3)
+    parser.add_argument("--block", type=int, default=8, help="training block size")
+    parser.add_argument("--eval-blocks", default="8", help="comma-separated block lengths to evaluate")
+    parser.add_argument("--work", type=Path, default=Path("build/tiny-train"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    settings = TrainSettings()
+    state = torch.load(args.work / "state.pt", weights_only=False)
+    model = new_model(settings, 3, torch.Generator().manual_seed(0))
+    model.load_state_dict(state["model"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
+    optimizer.load_state_dict(state["optimizer"])
+    train = torch.from_numpy(np.load(args.work / "tokens.npz")["train"].astype(np.int64))
+    generator = torch.Generator().manual_seed(7)
+    bias = _additive(doubled_sequence_visibility(settings.seq_len, args.block))
+    schedule = NoiseSchedule(args.block, settings.keep_seed_prob, args.full_mask_prob)
+    stream = held_out_token_stream(NLDTokenizer.from_dir(default_model_dir()), evaluation_files(stdlib_corpus()))
+    blocks = [int(part) for part in args.eval_blocks.split(",")]
+    if args.steps == 0:
+        print("start", json.dumps(measure(model, stream, blocks)), flush=True)
+        return 0
+    began = time.time()
+    for step in range(args.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        tokens = sample_windows(train, settings.batch_size, settings.seq_len, generator)
+        source = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if args.targets in ("chain", "mixed"):
+                model.eval()
+                source = greedy_block_chains(model, tokens, args.block)
+                model.train()
+                if args.targets == "mixed":  # half the rows keep their data targets
+                    source = source.clone()
+                    source[settings.batch_size // 2 :] = tokens[settings.batch_size // 2 :]
+            loss, stats = recipe_loss(model, tokens, schedule, 3, args.diffusion_weight, generator, bias, source)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if (step + 1) % 20 == 0:
+            seconds = (time.time() - began) / (step + 1)
+            print(f"{args.targets} step {step + 1} loss {loss.item():.3f} {stats} {seconds:.2f}s/step", flush=True)
+    print(f"end-{args.targets}", json.dumps(measure(model, stream, blocks)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
