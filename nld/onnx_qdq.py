@@ -47,7 +47,7 @@ def _module_path(node: onnx.NodeProto) -> str | None:
 
 
 class GraphEdit:
-    """New initializers and nodes for a graph, with names that cannot clash with the exporter's."""
+    """The initializers and Q/DQ node pairs a rewrite adds, named `qdq.*` so they cannot clash with the exporter's."""
 
     def __init__(self, dtype: torch.dtype) -> None:
         self.numpy_type = NUMPY_TYPES[dtype]

@@ -35,6 +35,4 @@ def build_extension(verbose: bool = False) -> None:
         is_python_module=False,
         verbose=verbose,
     )
-    missing = [name for name in ops.SCHEMAS if not ops.cuda_kernel_loaded(name)]
-    if missing:
-        raise NLDError(f"the extension registered no CUDA kernel for nld::{', nld::'.join(missing)}")
+    ops.require_cuda_kernels("the extension built from plugins/")

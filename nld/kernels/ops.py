@@ -61,9 +61,14 @@ def load_extension(path: str | Path) -> None:
     if not path.is_file():
         raise NLDError(f"{path}: no such extension library (nld.kernels.extension.build_extension builds one)")
     torch.ops.load_library(str(path))
+    require_cuda_kernels(str(path))
+
+
+def require_cuda_kernels(source: str) -> None:
+    """Refuse an extension (`source` names it) that left an nld:: op without its CUDA kernel."""
     missing = [name for name in SCHEMAS if not cuda_kernel_loaded(name)]
     if missing:
-        raise NLDError(f"{path} registers no CUDA kernel for nld::{', nld::'.join(missing)}")
+        raise NLDError(f"{source} registers no CUDA kernel for nld::{', nld::'.join(missing)}")
 
 
 def _dispatch(name: str, device: torch.device):
