@@ -6,7 +6,9 @@ side-by-side table of docs/tiny_model.md). Nothing in the repository is changed.
     python scripts/tiny_continuation_experiment.py --targets chain --steps 120 --diffusion-weight 1.0
 
 --targets: `data` (the NLD recipe on the data, i.e. the NLD phase, longer), `chain` (noisy blocks from the
-model's own greedy AR continuations) or `mixed` (half the rows chains, half data). `--steps 0` measures the
+model's own greedy AR continuations), `mixed` (half the rows chains, half data) or `onpolicy` (chains on
+windows whose last `--greedy-tokens` tokens are the model's own greedy continuation of the real start,
+as the draft sees them while generating; the AR loss stays on the real start). `--steps 0` measures the
 starting state. The state comes from a finished `scripts/train_tiny.py` work folder (--work).
 """
 
@@ -30,7 +32,7 @@ from nld.generate import generate
 from nld.models import default_model_dir
 from nld.modes import GenerationParams
 from nld.tiny.data import evaluation_files, sample_windows, stdlib_corpus
-from nld.tiny.greedy_chains import greedy_block_chains
+from nld.tiny.greedy_chains import greedy_block_chains, on_policy_windows
 from nld.tiny.recipe import NoiseSchedule, doubled_sequence_visibility, recipe_loss
 from nld.tiny.train import TrainSettings, _additive, new_model
 from nld.tokenizer import NLDTokenizer
@@ -56,11 +58,12 @@ def measure(model: torch.nn.Module, stream: list[int], blocks: list[int]) -> dic
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--targets", choices=["data", "chain", "mixed"], default="chain")
+    parser.add_argument("--targets", choices=["data", "chain", "mixed", "onpolicy"], default="chain")
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--lr", type=float, default=6e-4)
     parser.add_argument("--full-mask-prob", type=float, default=0.3)
     parser.add_argument("--diffusion-weight", type=float, default=0.3)
+    parser.add_argument("--greedy-tokens", type=int, default=128, help="onpolicy: generated tail length")
     parser.add_argument("--block", type=int, default=8, help="training block size")
     parser.add_argument("--eval-blocks", default="8", help="comma-separated block lengths to evaluate")
     parser.add_argument("--work", type=Path, default=Path("build/tiny-train"))
@@ -86,16 +89,21 @@ def main() -> int:
         for group in optimizer.param_groups:
             group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         tokens = sample_windows(train, settings.batch_size, settings.seq_len, generator)
-        source = None
+        source, ar_targets = None, None
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            if args.targets in ("chain", "mixed"):
+            if args.targets == "onpolicy":  # real start, then the model's own greedy continuation
+                model.eval()
+                tokens, ar_targets = on_policy_windows(model, tokens, args.greedy_tokens)
+            if args.targets in ("chain", "mixed", "onpolicy"):
                 model.eval()
                 source = greedy_block_chains(model, tokens, args.block)
                 model.train()
                 if args.targets == "mixed":  # half the rows keep their data targets
                     source = source.clone()
                     source[settings.batch_size // 2 :] = tokens[settings.batch_size // 2 :]
-            loss, stats = recipe_loss(model, tokens, schedule, 3, args.diffusion_weight, generator, bias, source)
+            loss, stats = recipe_loss(
+                model, tokens, schedule, 3, args.diffusion_weight, generator, bias, source, ar_targets
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

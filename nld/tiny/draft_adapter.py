@@ -19,7 +19,7 @@ from nld.generate import generate
 from nld.model import NLDTransformer
 from nld.modes import GenerationParams
 from nld.tiny.data import sample_windows
-from nld.tiny.greedy_chains import greedy_ids
+from nld.tiny.greedy_chains import greedy_ids, greedy_rollouts
 
 Log = Callable[[str], None]
 
@@ -44,26 +44,6 @@ class TrainedAdapter:
     weights: dict[str, torch.Tensor]
     report: dict = field(default_factory=dict)
     keep: bool = False
-
-
-@torch.no_grad()
-def greedy_rollouts(model: NLDTransformer, windows: torch.Tensor, count: int) -> tuple[torch.Tensor, list]:
-    """Greedy AR continuation (`count` tokens) of each row; also the causal K/V of all but the last token."""
-    rows, length = windows.shape
-    mask_id = model.config.mask_token_id
-    causal = torch.zeros(length, length).masked_fill(
-        ~torch.ones(length, length, dtype=torch.bool).tril(), float("-inf")
-    )
-    hidden, past = model(windows, torch.arange(length).expand(rows, -1), causal[None, None])
-    context_past = [(k[:, :, :-1], v[:, :, :-1]) for k, v in past]
-    tokens = [greedy_ids(model.logits(hidden[:, -1]), mask_id)]
-    for offset in range(1, count):
-        position = torch.full((rows, 1), length - 1 + offset)
-        bias = torch.zeros(rows, 1, 1, length + offset)
-        hidden, new = model(tokens[-1][:, None], position, bias, past)
-        past = [(torch.cat((k, nk), 2), torch.cat((v, nv), 2)) for (k, v), (nk, nv) in zip(past, new, strict=True)]
-        tokens.append(greedy_ids(model.logits(hidden[:, -1]), mask_id))
-    return torch.stack(tokens, dim=1), context_past
 
 
 def _attach(model: NLDTransformer, settings: DraftAdapterSettings, generator: torch.Generator) -> list[torch.Tensor]:

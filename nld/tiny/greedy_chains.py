@@ -47,3 +47,39 @@ def greedy_block_chains(model: NLDTransformer, windows: torch.Tensor, block: int
         past = [(torch.cat((k, nk), 2), torch.cat((v, nv), 2)) for (k, v), (nk, nv) in zip(past, new, strict=True)]
         chain.append(greedy_ids(model.logits(hidden), mask_id))
     return torch.stack(chain, dim=2).reshape(rows, length)
+
+
+@torch.no_grad()
+def greedy_rollouts(model: NLDTransformer, windows: torch.Tensor, count: int) -> tuple[torch.Tensor, list]:
+    """Greedy AR continuation (`count` tokens) of each row; also the causal K/V of all but the last token."""
+    rows, length = windows.shape
+    mask_id = model.config.mask_token_id
+    causal = torch.zeros(length, length).masked_fill(
+        ~torch.ones(length, length, dtype=torch.bool).tril(), float("-inf")
+    )
+    hidden, past = model(windows, torch.arange(length).expand(rows, -1), causal[None, None])
+    context_past = [(k[:, :, :-1], v[:, :, :-1]) for k, v in past]
+    tokens = [greedy_ids(model.logits(hidden[:, -1]), mask_id)]
+    for offset in range(1, count):
+        position = torch.full((rows, 1), length - 1 + offset)
+        bias = torch.zeros(rows, 1, 1, length + offset)
+        hidden, new = model(tokens[-1][:, None], position, bias, past)
+        past = [(torch.cat((k, nk), 2), torch.cat((v, nv), 2)) for (k, v), (nk, nv) in zip(past, new, strict=True)]
+        tokens.append(greedy_ids(model.logits(hidden[:, -1]), mask_id))
+    return torch.stack(tokens, dim=1), context_past
+
+
+def on_policy_windows(
+    model: NLDTransformer, windows: torch.Tensor, greedy_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace the last `greedy_tokens` of each window by the model's greedy continuation of the rest,
+    so that later blocks see the kind of context the draft sees while generating. Returns the windows
+    and the AR-target mask (bool [N, L-1]): only next-token predictions of real tokens carry AR loss."""
+    rows, length = windows.shape
+    real = length - greedy_tokens
+    if not 1 < real <= length:
+        raise ValueError(f"greedy_tokens {greedy_tokens} must leave at least 2 real tokens of {length}")
+    tail, _ = greedy_rollouts(model, windows[:, :real], greedy_tokens)
+    ar_targets = torch.zeros(rows, length - 1, dtype=torch.bool)
+    ar_targets[:, : real - 1] = True
+    return torch.cat((windows[:, :real], tail), dim=1), ar_targets

@@ -67,18 +67,21 @@ def recipe_loss(
     generator: torch.Generator,
     bias: torch.Tensor,
     noisy_source: torch.Tensor | None = None,
+    ar_targets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One batch of the recipe. `bias` is the additive form of `doubled_sequence_visibility`.
     `noisy_source` (default: `tokens`) is what the noisy half is noised from and must reconstruct;
-    the clean half and its AR loss always use `tokens`."""
+    the clean half always reads `tokens`. `ar_targets` (bool [N, L-1], default all) says which
+    next-token predictions of the clean half carry the AR loss."""
     rows, length = tokens.shape
     source = tokens if noisy_source is None else noisy_source
     noisy, masked, t = add_noise(source, schedule, mask_id, generator)
     positions = torch.arange(length).repeat(2).expand(rows, -1)
     hidden, _ = model(torch.cat((noisy, tokens), dim=1), positions, bias)
     logits = model.logits(hidden)
-    ar_logits = logits[:, length:-1].reshape(-1, logits.shape[-1])
-    ar_sum = F.cross_entropy(ar_logits.float(), tokens[:, 1:].reshape(-1), reduction="sum")
+    ar_scored = torch.ones(rows, length - 1, dtype=torch.bool) if ar_targets is None else ar_targets
+    ar_logits = logits[:, length:-1][ar_scored]
+    ar_sum = F.cross_entropy(ar_logits.float(), tokens[:, 1:][ar_scored], reduction="sum")
     noisy_logits = logits[:, :length][masked]
     diffusion_terms = F.cross_entropy(noisy_logits.float(), source[masked], reduction="none") / t[masked]
     diffusion_sum = diffusion_terms.sum()

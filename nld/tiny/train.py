@@ -28,7 +28,7 @@ from nld.evaluate import perplexity
 from nld.model import NLDTransformer
 from nld.tiny.data import SPECIAL_TOKENS, encode_files, sample_windows, stdlib_corpus, train_tokenizer
 from nld.tiny.draft_adapter import DraftAdapterSettings, distill_draft_adapter
-from nld.tiny.greedy_chains import greedy_block_chains
+from nld.tiny.greedy_chains import greedy_block_chains, on_policy_windows
 from nld.tiny.model_files import nld_config_json, write_checkpoint
 from nld.tiny.recipe import NoiseSchedule, doubled_sequence_visibility, recipe_loss
 
@@ -53,6 +53,7 @@ class TrainSettings:
     lr: float = 2e-3
     chain_lr: float = 6e-4
     chain_diffusion_weight: float = 0.3
+    chain_greedy_tokens: int = 0
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
     weight_decay: float = 0.1
@@ -226,13 +227,23 @@ def train(output: Path, work: Path, settings: TrainSettings | None = None, log: 
             if phase.name == "ar":
                 loss, stats = ar_loss(model, tokens, causal_bias)
             else:
-                chains = None
+                chains, ar_targets = None, None
                 if phase.name == "chain":
                     model.eval()
+                    if settings.chain_greedy_tokens:
+                        tokens, ar_targets = on_policy_windows(model, tokens, settings.chain_greedy_tokens)
                     chains = greedy_block_chains(model, tokens, settings.block_size)
                     model.train()
                 loss, stats = recipe_loss(
-                    model, tokens, schedule, mask_id, phase.diffusion_weight, generator, doubled_bias, chains
+                    model,
+                    tokens,
+                    schedule,
+                    mask_id,
+                    phase.diffusion_weight,
+                    generator,
+                    doubled_bias,
+                    chains,
+                    ar_targets,
                 )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

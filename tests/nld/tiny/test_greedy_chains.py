@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nld.tiny.draft_adapter import greedy_rollouts
-from nld.tiny.greedy_chains import greedy_block_chains
+from nld.tiny.greedy_chains import greedy_block_chains, greedy_rollouts, on_policy_windows
 from tests.nld.tiny.test_recipe import small_model
 
 
@@ -24,3 +23,20 @@ def test_chains_equal_one_rollout_per_block() -> None:
 def test_window_must_hold_whole_blocks() -> None:
     with pytest.raises(ValueError, match="multiple of the block size 8"):
         greedy_block_chains(small_model(), torch.zeros(1, 30, dtype=torch.long), 8)
+
+
+def test_on_policy_windows_end_in_the_models_own_greedy_continuation() -> None:
+    model = small_model().eval()
+    windows = torch.randint(4, 40, (2, 32), generator=torch.Generator().manual_seed(1))
+    mixed, ar_targets = on_policy_windows(model, windows, 12)
+    assert torch.equal(mixed[:, :20], windows[:, :20])
+    continuation, _ = greedy_rollouts(model, windows[:, :20], 12)
+    assert torch.equal(mixed[:, 20:], continuation)
+    assert not torch.equal(mixed, windows)
+    # AR loss only where the target is a real token: predictions 0..18 (of tokens 1..19).
+    assert ar_targets.shape == (2, 31) and ar_targets[:, :19].all() and not ar_targets[:, 19:].any()
+
+
+def test_on_policy_windows_keep_some_real_tokens() -> None:
+    with pytest.raises(ValueError, match="greedy_tokens 31 must leave at least 2 real tokens"):
+        on_policy_windows(small_model(), torch.zeros(1, 32, dtype=torch.long), 31)
