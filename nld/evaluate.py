@@ -37,6 +37,21 @@ class ModeReport:
     mean_acceptance_length: float | None
     tokens_per_second: float
     equals_ar: int
+    repeated_4grams: float
+
+
+def repeated_ngram_share(prompt: list[int], output: list[int], n: int = 4) -> float:
+    """Share of the generated tokens that complete an n-gram already present earlier in prompt + output.
+    High values mean looping text, which any draft predicts easily: read acceptance next to it."""
+    sequence = prompt + output
+    seen: set[tuple[int, ...]] = set()
+    repeats = 0
+    for end in range(n, len(sequence) + 1):
+        gram = tuple(sequence[end - n : end])
+        if end > len(prompt) and gram in seen:
+            repeats += 1
+        seen.add(gram)
+    return repeats / len(output) if output else 0.0
 
 
 def held_out_token_stream(tokenizer: NLDTokenizer, files: list[Path]) -> list[int]:
@@ -109,6 +124,8 @@ def evaluate_modes(
                 mean_acceptance_length=sum(acceptances) / len(acceptances) if acceptances else None,
                 tokens_per_second=tokens / sum(r.seconds for r in results),
                 equals_ar=sum(r.new_ids == ref for r, ref in zip(results, reference, strict=True)),
+                repeated_4grams=sum(repeated_ngram_share(p, r.new_ids) for p, r in zip(prompts, results, strict=True))
+                / len(prompts),
             )
         )
         if outputs is not None:
@@ -120,8 +137,9 @@ def markdown_table(reports: list[ModeReport], ppl: float) -> str:
     lines = [
         f"held-out AR perplexity: {ppl:.2f}",
         "",
-        "| mode | draft adapter | tokens/forward | chars/forward | mean acceptance | tokens/s | greedy output = AR |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | draft adapter | tokens/forward | chars/forward | mean acceptance | tokens/s | greedy output = AR "
+        "| repeated 4-grams |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         acceptance = "-" if r.mean_acceptance_length is None else f"{r.mean_acceptance_length:.2f}"
@@ -129,7 +147,7 @@ def markdown_table(reports: list[ModeReport], ppl: float) -> str:
         chars = "-" if r.characters_per_forward is None else f"{r.characters_per_forward:.2f}"
         lines.append(
             f"| {r.mode} | {adapter} | {r.tokens_per_forward:.2f} | {chars} | {acceptance} | {r.tokens_per_second:.0f} "
-            f"| {r.equals_ar}/{r.prompts} |"
+            f"| {r.equals_ar}/{r.prompts} | {r.repeated_4grams:.2f} |"
         )
     return "\n".join(lines)
 
