@@ -91,11 +91,10 @@ def main() -> int:
         tokens = sample_windows(train, settings.batch_size, settings.seq_len, generator)
         source, ar_targets = None, None
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            if args.targets == "onpolicy":  # real start, then the model's own greedy continuation
-                model.eval()
-                tokens, ar_targets = on_policy_windows(model, tokens, args.greedy_tokens)
             if args.targets in ("chain", "mixed", "onpolicy"):
                 model.eval()
+                if args.targets == "onpolicy":  # real start, then the model's own greedy continuation
+                    tokens, ar_targets = on_policy_windows(model, tokens, args.greedy_tokens)
                 source = greedy_block_chains(model, tokens, args.block)
                 model.train()
                 if args.targets == "mixed":  # half the rows keep their data targets
