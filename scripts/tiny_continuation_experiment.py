@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nld.backends import TorchBackend
-from nld.evaluate import held_out_token_stream, perplexity, sample_prompts
+from nld.evaluate import held_out_token_stream, perplexity, repeated_ngram_share, sample_prompts
 from nld.generate import generate
 from nld.models import default_model_dir
 from nld.modes import GenerationParams
@@ -39,7 +39,8 @@ from nld.tokenizer import NLDTokenizer
 
 
 def measure(model: torch.nn.Module, stream: list[int], blocks: list[int]) -> dict:
-    """16 held-out prompts x 48 tokens (seed 5), no adapter; perplexity on 16 windows of 256 (seed 1)."""
+    """16 held-out prompts x 48 tokens (seed 5), no adapter; perplexity on 16 windows of 256 (seed 1);
+    the share of generated tokens repeating a 4-gram already seen."""
     model.eval()
     backend = TorchBackend(model)
     prompts = sample_prompts(stream, 16, 64, seed=5)
@@ -51,6 +52,9 @@ def measure(model: torch.nn.Module, stream: list[int], blocks: list[int]) -> dic
             acceptance = sum(run.mean_acceptance_length for run in runs) / len(runs)
             tpf = sum(len(run.new_ids) for run in runs) / sum(run.forwards for run in runs)
             result[f"{mode}-B{block}"] = {"acceptance": round(acceptance, 3), "tokens_per_forward": round(tpf, 3)}
+    # Self-speculation outputs equal greedy AR, so the last runs' outputs measure the AR side's looping.
+    repeats = sum(repeated_ngram_share(p, run.new_ids) for p, run in zip(prompts, runs, strict=True))
+    result["repeated_4grams"] = round(repeats / len(prompts), 3)
     result["perplexity"] = round(perplexity(backend, sample_prompts(stream, 16, 256, seed=1)), 2)
     model.train()
     return result
