@@ -54,6 +54,7 @@ class TrainSettings:
     chain_lr: float = 6e-4
     chain_diffusion_weight: float = 0.3
     chain_greedy_tokens: int = 0
+    chain_real_ar_weight: float = 0.0
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
     weight_decay: float = 0.1
@@ -132,7 +133,9 @@ def new_model(settings: TrainSettings, mask_id: int, generator: torch.Generator)
 class Phase:
     """A stretch of training with its own objective and learning-rate schedule.
     ar: next-token loss only. nld: the recipe. chain: the recipe with each noisy block built from the
-    block's seed and the model's own greedy AR continuation (what the verifier accepts)."""
+    block's seed and the model's own greedy AR continuation (what the verifier accepts); optionally on
+    windows that end in the model's own greedy text (`chain_greedy_tokens`), with a next-token loss on
+    the real windows beside it (`chain_real_ar_weight`)."""
 
     name: str
     start: int
@@ -176,6 +179,37 @@ def ar_loss(model: NLDTransformer, tokens: torch.Tensor, bias: torch.Tensor) -> 
     logits = model.logits(hidden)[:, :-1]
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
     return loss, {"ar_loss": loss.item()}
+
+
+def chain_loss(
+    model: NLDTransformer,
+    tokens: torch.Tensor,
+    settings: TrainSettings,
+    diffusion_weight: float,
+    schedule: NoiseSchedule,
+    generator: torch.Generator,
+    doubled_bias: torch.Tensor,
+    causal_bias: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One batch of the chain phase: the recipe with noisy blocks from greedy chains, on-policy windows
+    if `chain_greedy_tokens`, plus `chain_real_ar_weight` x next-token loss on the real windows."""
+    mask_id = model.config.mask_token_id
+    real_windows, ar_targets = tokens, None
+    was_training = model.training
+    model.eval()
+    if settings.chain_greedy_tokens:
+        tokens, ar_targets = on_policy_windows(model, tokens, settings.chain_greedy_tokens)
+    chains = greedy_block_chains(model, tokens, settings.block_size)
+    model.train(was_training)
+    loss, stats = recipe_loss(
+        model, tokens, schedule, mask_id, diffusion_weight, generator, doubled_bias, chains, ar_targets
+    )
+    if settings.chain_real_ar_weight:
+        # Guard the verifier: next-token loss on the whole real windows, where the greedy tails stood too.
+        real_loss, _ = ar_loss(model, real_windows, causal_bias)
+        loss = loss + settings.chain_real_ar_weight * real_loss
+        stats["real_ar_loss"] = real_loss.item()
+    return loss, stats
 
 
 def held_out_perplexity(model: NLDTransformer, held: torch.Tensor, length: int, windows: int = 32) -> float:
@@ -226,24 +260,13 @@ def train(output: Path, work: Path, settings: TrainSettings | None = None, log: 
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16_autocast):
             if phase.name == "ar":
                 loss, stats = ar_loss(model, tokens, causal_bias)
-            else:
-                chains, ar_targets = None, None
-                if phase.name == "chain":
-                    model.eval()
-                    if settings.chain_greedy_tokens:
-                        tokens, ar_targets = on_policy_windows(model, tokens, settings.chain_greedy_tokens)
-                    chains = greedy_block_chains(model, tokens, settings.block_size)
-                    model.train()
+            elif phase.name == "nld":
                 loss, stats = recipe_loss(
-                    model,
-                    tokens,
-                    schedule,
-                    mask_id,
-                    phase.diffusion_weight,
-                    generator,
-                    doubled_bias,
-                    chains,
-                    ar_targets,
+                    model, tokens, schedule, mask_id, phase.diffusion_weight, generator, doubled_bias
+                )
+            else:
+                loss, stats = chain_loss(
+                    model, tokens, settings, phase.diffusion_weight, schedule, generator, doubled_bias, causal_bias
                 )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
