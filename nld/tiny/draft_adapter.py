@@ -28,7 +28,7 @@ Log = Callable[[str], None]
 class DraftAdapterSettings:
     rank: int = 32
     alpha: float = 64.0
-    chunks: int = 48
+    chunks: int = 24
     chunk_rows: int = 256
     context: int = 96
     updates_per_chunk: int = 4

@@ -57,8 +57,8 @@ def held_out_reports() -> dict:
     tokenizer = NLDTokenizer.from_dir(BUILTIN_MODEL)
     assert tokenizer is not None
     stream = held_out_token_stream(tokenizer, evaluation_files(stdlib_corpus()))
-    prompts = sample_prompts(stream, 16, 64, seed=5)
-    return {(r.mode, r.adapter): r for r in evaluate_modes(backend, prompts, max_new_tokens=48)}
+    prompts = sample_prompts(stream, 32, 64)  # `nld eval`'s defaults: the prompts of docs/tiny_model.md
+    return {(r.mode, r.adapter): r for r in evaluate_modes(backend, prompts, max_new_tokens=64)}
 
 
 @pytest.mark.slow
@@ -69,15 +69,15 @@ def test_self_speculation_equals_ar_on_held_out_prompts(held_out_reports: dict) 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, reason="issue 3 targets (acceptance >= 2.5, quadratic TPF >= 2.0) not reached yet: docs/tiny_model.md"
-)
-def test_acceptance_targets_on_held_out_prompts(held_out_reports: dict) -> None:
+def test_linear_spec_acceptance_target_on_held_out_prompts(held_out_reports: dict) -> None:
     adapter = load_checkpoint(BUILTIN_MODEL).adapter is not None
-    linear = held_out_reports[("linear-spec", adapter)]
-    quadratic = held_out_reports[("quadratic-spec", False)]
-    assert linear.mean_acceptance_length >= 2.5
-    assert quadratic.tokens_per_forward >= 2.0
+    assert held_out_reports[("linear-spec", adapter)].mean_acceptance_length >= 2.5
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 3 target quadratic TPF >= 2.0 not reached yet: docs/tiny_model.md")
+def test_quadratic_spec_tokens_per_forward_target_on_held_out_prompts(held_out_reports: dict) -> None:
+    assert held_out_reports[("quadratic-spec", False)].tokens_per_forward >= 2.0
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ QUICK = dataclasses.replace(
     ar_steps=3,
     nld_steps=3,
     chain_steps=3,
+    chain_greedy_tokens=32,
     warmup_steps=1,
     adapter=DraftAdapterSettings(rank=4, chunks=2, chunk_rows=8, context=16, check_prompts=2, check_tokens=8),
 )
