@@ -21,6 +21,7 @@ SETTINGS = dataclasses.replace(
     seq_len=32,
     block_size=8,
     chain_greedy_tokens=16,
+    chain_real_ar_weight=0.0,
 )
 MASK_ID = 3
 
