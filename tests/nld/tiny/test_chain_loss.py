@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nld.tiny.recipe import NoiseSchedule, doubled_sequence_visibility
-from nld.tiny.train import TrainSettings, ar_loss, chain_loss, new_model
+from nld.tiny.train import TrainSettings, _additive, ar_loss, chain_loss, new_model
 
 SETTINGS = dataclasses.replace(
     TrainSettings(),
@@ -24,10 +24,6 @@ SETTINGS = dataclasses.replace(
     chain_real_ar_weight=0.0,
 )
 MASK_ID = 3
-
-
-def _additive(visible: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))[None, None]
 
 
 def _loss(model, tokens, settings: TrainSettings) -> tuple[torch.Tensor, dict[str, float]]:
