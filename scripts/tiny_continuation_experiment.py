@@ -35,6 +35,7 @@ from nld.evaluate import held_out_token_stream, perplexity, repeated_ngram_share
 from nld.generate import generate
 from nld.models import default_model_dir
 from nld.modes import GenerationParams
+from nld.step import causal
 from nld.tiny import recipe
 from nld.tiny.data import evaluation_files, sample_windows, stdlib_corpus
 from nld.tiny.greedy_chains import greedy_block_chains, on_policy_windows
@@ -133,7 +134,7 @@ def main() -> int:
     schedule = NoiseSchedule(args.block, args.keep_seed_prob, args.full_mask_prob)
     if args.tail_keep_seed_prob is not None:
         mask_tail_seeds(args.tail_keep_seed_prob)
-    causal_bias = _additive(torch.ones(settings.seq_len, settings.seq_len, dtype=torch.bool).tril())
+    causal_bias = _additive(causal(settings.seq_len))
     stream = held_out_token_stream(NLDTokenizer.from_dir(default_model_dir()), evaluation_files(stdlib_corpus()))
     blocks = [int(part) for part in args.eval_blocks.split(",")]
     if args.steps == 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from nld.model import NLDTransformer
+from nld.step import causal
 
 
 def greedy_ids(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
@@ -32,8 +33,8 @@ def greedy_block_chains(model: NLDTransformer, windows: torch.Tensor, block: int
     mask_id = model.config.mask_token_id
     blocks = length // block
     seeds = torch.arange(blocks) * block
-    causal = torch.zeros(length, length).masked_fill(~torch.ones(length, length, dtype=torch.bool).tril(), -torch.inf)
-    hidden, prefix = model(windows, torch.arange(length).expand(rows, -1), causal[None, None])
+    causal_bias = torch.zeros(length, length).masked_fill(~causal(length), -torch.inf)
+    hidden, prefix = model(windows, torch.arange(length).expand(rows, -1), causal_bias[None, None])
     chain = [windows[:, seeds], greedy_ids(model.logits(hidden[:, seeds]), mask_id)]
     # A chain token sees the real prefix up to its block's seed, and its own chain before it.
     sees_prefix = torch.arange(length)[None, :] <= seeds[:, None]  # [blocks, L]
@@ -54,10 +55,8 @@ def greedy_rollouts(model: NLDTransformer, windows: torch.Tensor, count: int) ->
     """Greedy AR continuation (`count` tokens) of each row; also the causal K/V of all but the last token."""
     rows, length = windows.shape
     mask_id = model.config.mask_token_id
-    causal = torch.zeros(length, length).masked_fill(
-        ~torch.ones(length, length, dtype=torch.bool).tril(), float("-inf")
-    )
-    hidden, past = model(windows, torch.arange(length).expand(rows, -1), causal[None, None])
+    causal_bias = torch.zeros(length, length).masked_fill(~causal(length), float("-inf"))
+    hidden, past = model(windows, torch.arange(length).expand(rows, -1), causal_bias[None, None])
     context_past = [(k[:, :, :-1], v[:, :, :-1]) for k, v in past]
     tokens = [greedy_ids(model.logits(hidden[:, -1]), mask_id)]
     for offset in range(1, count):

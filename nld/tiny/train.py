@@ -26,6 +26,7 @@ from nld.backends import TorchBackend
 from nld.config import parse_config
 from nld.evaluate import perplexity
 from nld.model import NLDTransformer
+from nld.step import causal
 from nld.tiny.data import SPECIAL_TOKENS, encode_files, sample_windows, stdlib_corpus, train_tokenizer
 from nld.tiny.draft_adapter import DraftAdapterSettings, distill_draft_adapter
 from nld.tiny.greedy_chains import greedy_block_chains, on_policy_windows
@@ -246,7 +247,7 @@ def train(output: Path, work: Path, settings: TrainSettings | None = None, log: 
     plan = phases(settings)
     total = sum(phase.steps for phase in plan)
     phase_ends = {phase.start + phase.steps for phase in plan}
-    causal_bias = _additive(torch.ones(settings.seq_len, settings.seq_len, dtype=torch.bool).tril())
+    causal_bias = _additive(causal(settings.seq_len))
     doubled_bias = _additive(doubled_sequence_visibility(settings.seq_len, settings.block_size))
     schedule = NoiseSchedule(settings.block_size, settings.keep_seed_prob, settings.full_mask_prob)
     last_save = started = time.perf_counter()

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from nld.step import causal
 from nld.tiny.recipe import NoiseSchedule, doubled_sequence_visibility
 from nld.tiny.train import TrainSettings, _additive, ar_loss, chain_loss, new_model
 
@@ -36,18 +37,18 @@ def _loss(model, tokens, settings: TrainSettings) -> tuple[torch.Tensor, dict[st
         NoiseSchedule(settings.block_size),
         torch.Generator().manual_seed(7),
         _additive(doubled_sequence_visibility(length, settings.block_size)),
-        _additive(torch.ones(length, length, dtype=torch.bool).tril()),
+        _additive(causal(length)),
     )
 
 
 def test_real_ar_guard_adds_the_real_windows_next_token_loss() -> None:
     model = new_model(SETTINGS, MASK_ID, torch.Generator().manual_seed(0))
     tokens = torch.randint(4, SETTINGS.vocab_size, (3, SETTINGS.seq_len), generator=torch.Generator().manual_seed(1))
-    causal = _additive(torch.ones(SETTINGS.seq_len, SETTINGS.seq_len, dtype=torch.bool).tril())
+    causal_bias = _additive(causal(SETTINGS.seq_len))
     with torch.no_grad():
         unguarded, plain_stats = _loss(model, tokens, SETTINGS)
         guarded, stats = _loss(model, tokens, dataclasses.replace(SETTINGS, chain_real_ar_weight=0.5))
-        real, _ = ar_loss(model, tokens, causal)
+        real, _ = ar_loss(model, tokens, causal_bias)
     assert "real_ar_loss" not in plain_stats
     assert stats["real_ar_loss"] == pytest.approx(real.item(), rel=1e-5)
     assert guarded.item() == pytest.approx(unguarded.item() + 0.5 * real.item(), rel=1e-5)
