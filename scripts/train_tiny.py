@@ -2,6 +2,7 @@
 """Train the built-in tiny NLD model (CPU, ~1 hour on 2 cores) into nld/models/tiny.
 
 Rerun to resume an interrupted run (state in --work). `--quick` runs a few steps of every phase.
+`--start-from OTHER-WORK/after-nld.pt` skips the AR and NLD phases when only chain settings differ.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ def main() -> int:
         metavar="NAME=VALUE",
         help="override a TrainSettings field (adapter fields as adapter.NAME), e.g. --set vocab_size=1024",
     )
+    parser.add_argument(
+        "--start-from",
+        type=Path,
+        help="begin with a state another run saved at a phase end (its work folder's after-nld.pt); "
+        "its settings must match this run's except those of the phases after it",
+    )
     args = parser.parse_args()
     settings = with_overrides(TrainSettings(), args.set)
     if args.quick:
@@ -62,7 +69,7 @@ def main() -> int:
     def log(message: str) -> None:
         print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {message}", flush=True)
 
-    output = train(args.output, args.work, settings, log)
+    output = train(args.output, args.work, settings, log, start_from=args.start_from)
     log(f"wrote {output}")
     return 0
 

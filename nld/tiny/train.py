@@ -2,8 +2,10 @@
 then the draft adapter.
 
 Resumable: the run keeps `state.pt` in its work directory (written atomically every few minutes and at
-each phase end); rerunning with the same settings continues where it stopped. The finished checkpoint
-is written to a temporary directory and renamed into place.
+each phase end); rerunning with the same settings continues where it stopped. Each phase end is also kept
+as `after-<phase>.pt`, from which a run with other settings for the later phases can start
+(`start_from`), skipping the phases it shares. The finished checkpoint is written to a temporary
+directory and renamed into place.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,6 +162,39 @@ def phases(settings: TrainSettings) -> list[Phase]:
     return result
 
 
+# Settings that only one phase reads: a state saved before that phase starts continues under other values.
+PHASE_ONLY_SETTINGS = {
+    "chain": ("chain_steps", "chain_lr", "chain_diffusion_weight", "chain_greedy_tokens", "chain_real_ar_weight"),
+}
+
+
+def check_resumable(saved: dict, settings: TrainSettings, step: int, source: Path) -> None:
+    """Raise if the state saved at `step` (with settings `saved`) is not where a run with `settings` passes."""
+    starts = {phase.name: phase.start for phase in phases(settings)}
+    free = {"adapter"}  # the adapter phase always reruns
+    for name, fields in PHASE_ONLY_SETTINGS.items():
+        if starts.get(name, step) >= step:
+            free.update(fields)
+    current = dataclasses.asdict(settings)
+    differing = sorted(k for k in current.keys() | saved.keys() if k not in free and current.get(k) != saved.get(k))
+    if differing:
+        raise ValueError(
+            f"{source} (step {step}) was made with other values of {', '.join(differing)}: "
+            f"use another work folder or delete {source} to start afresh"
+        )
+
+
+def _seed_work(work: Path, start_from: Path, log: Log) -> None:
+    """Copy `start_from` (and its folder's tokenizer and token streams) into a work folder that has no state."""
+    for name in ("tokenizer.json", "tokens.npz"):
+        if not (work / name).exists() and (start_from.parent / name).exists():
+            shutil.copyfile(start_from.parent / name, work / f"{name}.partial")
+            os.replace(work / f"{name}.partial", work / name)
+    shutil.copyfile(start_from, work / "state.partial")
+    os.replace(work / "state.partial", work / "state.pt")
+    log(f"starting from {start_from}")
+
+
 def learning_rate(settings: TrainSettings, phase: Phase, step: int) -> float:
     """Linear warm-up then cosine decay to `min_lr_ratio`, restarted at every phase."""
     step -= phase.start
@@ -219,25 +255,36 @@ def held_out_perplexity(model: NLDTransformer, held: torch.Tensor, length: int, 
     return perplexity(TorchBackend(model), tokens.tolist())
 
 
-def train(output: Path, work: Path, settings: TrainSettings | None = None, log: Log = print) -> Path:
-    """Run (or resume) the whole recipe and write the checkpoint to `output`."""
+def train(
+    output: Path,
+    work: Path,
+    settings: TrainSettings | None = None,
+    log: Log = print,
+    start_from: Path | None = None,
+) -> Path:
+    """Run (or resume) the whole recipe and write the checkpoint to `output`. `start_from`: a state saved by
+    another run (its `after-<phase>.pt`) to begin with when `work` has none."""
     settings = settings or TrainSettings()
     torch.set_num_threads(settings.threads)
     work.mkdir(parents=True, exist_ok=True)
+    state_path = work / "state.pt"
+    if start_from is not None and not state_path.exists():
+        if not start_from.is_file():
+            raise FileNotFoundError(f"start_from: no saved state at {start_from}")
+        saved = torch.load(start_from, weights_only=False)
+        check_resumable(saved["settings"], settings, saved["step"], start_from)
+        _seed_work(work, start_from, log)
     tokenizer_path, train_stream, held_stream = prepare_data(work, settings, log)
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     pad_id, bos_id, eos_id, mask_id = (tokenizer.token_to_id(t) for t in SPECIAL_TOKENS)
     generator = torch.Generator().manual_seed(settings.seed)
     model = new_model(settings, mask_id, generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    state_path = work / "state.pt"
     record = dataclasses.asdict(settings)
     step, history = 0, []
     if state_path.exists():
         state = torch.load(state_path, weights_only=False)
-        base_settings = {k: v for k, v in record.items() if k != "adapter"}  # the adapter phase always reruns
-        if {k: v for k, v in state["settings"].items() if k != "adapter"} != base_settings:
-            raise ValueError(f"{state_path} was made with other settings: delete {work} to start afresh")
+        check_resumable(state["settings"], settings, state["step"], state_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -294,6 +341,8 @@ def train(output: Path, work: Path, settings: TrainSettings | None = None, log: 
                 "history": history,
             }
             _atomic_save(state, state_path)
+            if step in phase_ends and step < total:
+                _atomic_save(state, work / f"after-{phase.name}.pt")
             last_save = now
     model.eval()
     perplexity = held_out_perplexity(model, held_stream, settings.seq_len)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from nld.checkpoint import load_checkpoint
 from nld.generate import generate, load_backend
@@ -51,3 +52,23 @@ def test_quick_training_writes_a_working_checkpoint(tmp_path: Path) -> None:
     train(tmp_path / "model", tmp_path / "work", QUICK, logs.append)
     assert any("resuming at step 9" in line for line in logs)
     assert not list(tmp_path.glob(".model.*"))  # no half-written staging folder left behind
+
+
+@pytest.mark.slow
+def test_start_from_a_phase_end_matches_a_run_from_scratch(tmp_path: Path) -> None:
+    # Only a chain setting differs, so the NLD phase's end of one run is where the other passes too.
+    other_chain = dataclasses.replace(QUICK, chain_diffusion_weight=3.0)
+    train(tmp_path / "base", tmp_path / "base-work", QUICK, lambda _: None)
+    snapshot = tmp_path / "base-work" / "after-nld.pt"
+    assert torch.load(snapshot, weights_only=False)["step"] == 6
+    logs: list[str] = []
+    started = train(tmp_path / "started", tmp_path / "started-work", other_chain, logs.append, start_from=snapshot)
+    assert any("starting from" in line for line in logs) and any("resuming at step 6" in line for line in logs)
+    scratch = train(tmp_path / "scratch", tmp_path / "scratch-work", other_chain, lambda _: None)
+    started_weights, scratch_weights = load_checkpoint(started).weights, load_checkpoint(scratch).weights
+    assert started_weights.keys() == scratch_weights.keys()
+    assert all(torch.equal(started_weights[name], scratch_weights[name]) for name in started_weights)
+    # An AR-phase setting differs: the snapshot is not on this run's path.
+    with pytest.raises(ValueError, match=r"other values of lr"):
+        train(tmp_path / "x", tmp_path / "x-work", dataclasses.replace(other_chain, lr=1e-3), start_from=snapshot)
+    assert not (tmp_path / "x-work" / "state.pt").exists()
