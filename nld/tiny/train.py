@@ -179,8 +179,8 @@ def check_resumable(saved: dict, settings: TrainSettings, step: int, source: Pat
     differing = sorted(k for k in current.keys() | saved.keys() if k not in free and current.get(k) != saved.get(k))
     if differing:
         raise ValueError(
-            f"{source} (step {step}) was made with other values of {', '.join(differing)}: "
-            f"use another work folder or delete {source} to start afresh"
+            f"{source} (step {step}) was made with other values of {', '.join(differing)}, so this run does not "
+            "pass through it: use another work folder (or start from an earlier phase end)"
         )
 
 

@@ -12,7 +12,7 @@ import torch
 from nld.checkpoint import load_checkpoint
 from nld.generate import generate, load_backend
 from nld.tiny.draft_adapter import DraftAdapterSettings
-from nld.tiny.train import TrainSettings, train
+from nld.tiny.train import TrainSettings, check_resumable, train
 from nld.tokenizer import NLDTokenizer
 
 QUICK = dataclasses.replace(
@@ -72,3 +72,14 @@ def test_start_from_a_phase_end_matches_a_run_from_scratch(tmp_path: Path) -> No
     with pytest.raises(ValueError, match=r"other values of lr"):
         train(tmp_path / "x", tmp_path / "x-work", dataclasses.replace(other_chain, lr=1e-3), start_from=snapshot)
     assert not (tmp_path / "x-work" / "state.pt").exists()
+
+
+def test_check_resumable_frees_only_chain_settings_and_only_before_the_chain_phase() -> None:
+    saved = dataclasses.asdict(QUICK)
+    chain_start = QUICK.ar_steps + QUICK.nld_steps
+    other_chain = dataclasses.replace(QUICK, chain_lr=1e-4, chain_steps=5)
+    check_resumable(saved, other_chain, chain_start, Path("after-nld.pt"))  # the chain phase has not started
+    with pytest.raises(ValueError, match=r"other values of chain_lr, chain_steps"):
+        check_resumable(saved, other_chain, chain_start + 1, Path("state.pt"))
+    with pytest.raises(ValueError, match=r"other values of nld_steps"):
+        check_resumable(saved, dataclasses.replace(QUICK, nld_steps=4), QUICK.ar_steps, Path("after-ar.pt"))
