@@ -68,6 +68,11 @@ def causal(steps: int) -> torch.Tensor:
     return torch.ones(steps, steps, dtype=torch.bool).tril()
 
 
+def additive_bias(visible: torch.Tensor) -> torch.Tensor:
+    """A visibility mask as an additive attention bias of the same shape: 0 where visible, -inf elsewhere."""
+    return torch.zeros(visible.shape, dtype=torch.float32).masked_fill(~visible, float("-inf"))
+
+
 def bidirectional(steps: int) -> torch.Tensor:
     """Visibility of one bidirectional group: every token sees every other."""
     return torch.ones(steps, steps, dtype=torch.bool)

@@ -35,12 +35,12 @@ from nld.evaluate import held_out_token_stream, perplexity, repeated_ngram_share
 from nld.generate import generate
 from nld.models import default_model_dir
 from nld.modes import GenerationParams
-from nld.step import causal
+from nld.step import additive_bias, causal
 from nld.tiny import recipe
 from nld.tiny.data import evaluation_files, sample_windows, stdlib_corpus
 from nld.tiny.greedy_chains import greedy_block_chains, on_policy_windows
 from nld.tiny.recipe import NoiseSchedule, doubled_sequence_visibility, recipe_loss
-from nld.tiny.train import TrainSettings, _additive, chain_loss, new_model
+from nld.tiny.train import TrainSettings, chain_loss, new_model
 from nld.tokenizer import NLDTokenizer
 
 
@@ -130,11 +130,11 @@ def main() -> int:
     optimizer.load_state_dict(state["optimizer"])
     train = torch.from_numpy(np.load(args.work / "tokens.npz")["train"].astype(np.int64))
     generator = torch.Generator().manual_seed(7)
-    bias = _additive(doubled_sequence_visibility(settings.seq_len, args.block))
+    bias = additive_bias(doubled_sequence_visibility(settings.seq_len, args.block))[None, None]
     schedule = NoiseSchedule(args.block, args.keep_seed_prob, args.full_mask_prob)
     if args.tail_keep_seed_prob is not None:
         mask_tail_seeds(args.tail_keep_seed_prob)
-    causal_bias = _additive(causal(settings.seq_len))
+    causal_bias = additive_bias(causal(settings.seq_len))[None, None]
     stream = held_out_token_stream(NLDTokenizer.from_dir(default_model_dir()), evaluation_files(stdlib_corpus()))
     blocks = [int(part) for part in args.eval_blocks.split(",")]
     if args.steps == 0:

@@ -8,7 +8,7 @@ import torch
 from nld.config import NLDConfig
 from nld.kv_cache import KV, KVCache
 from nld.sampling import select_tokens
-from nld.step import StepRequest, StepResult
+from nld.step import StepRequest, StepResult, additive_bias
 
 
 def attention_bias(requests: list[StepRequest], prefix: int, steps: int, device: torch.device) -> torch.Tensor:
@@ -20,8 +20,7 @@ def attention_bias(requests: list[StepRequest], prefix: int, steps: int, device:
         allowed[row, :count, prefix : prefix + count] = request.visibility.cpu()
         padding = torch.arange(count, steps)
         allowed[row, padding, prefix + padding] = True  # padded queries see themselves only (no NaN rows)
-    bias = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, float("-inf"))
-    return bias.unsqueeze(1).to(device)
+    return additive_bias(allowed).unsqueeze(1).to(device)
 
 
 class PaddedBatchBackend:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from nld.model import NLDTransformer
-from nld.step import causal
+from nld.step import additive_bias, causal
 
 
 def greedy_ids(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
@@ -33,8 +33,7 @@ def greedy_block_chains(model: NLDTransformer, windows: torch.Tensor, block: int
     mask_id = model.config.mask_token_id
     blocks = length // block
     seeds = torch.arange(blocks) * block
-    causal_bias = torch.zeros(length, length).masked_fill(~causal(length), -torch.inf)
-    hidden, prefix = model(windows, torch.arange(length).expand(rows, -1), causal_bias[None, None])
+    hidden, prefix = model(windows, torch.arange(length).expand(rows, -1), additive_bias(causal(length))[None, None])
     chain = [windows[:, seeds], greedy_ids(model.logits(hidden[:, seeds]), mask_id)]
     # A chain token sees the real prefix up to its block's seed, and its own chain before it.
     sees_prefix = torch.arange(length)[None, :] <= seeds[:, None]  # [blocks, L]
@@ -42,7 +41,7 @@ def greedy_block_chains(model: NLDTransformer, windows: torch.Tensor, block: int
     past = prefix
     for step in range(2, block):
         visible = torch.cat([sees_prefix] + [own_chain] * (step - 1), dim=1)
-        bias = torch.zeros(visible.shape).masked_fill(~visible, -torch.inf)[None, None]
+        bias = additive_bias(visible)[None, None]
         positions = (seeds + step - 1).expand(rows, -1)
         hidden, new = model(chain[-1], positions, bias, past)
         past = [(torch.cat((k, nk), 2), torch.cat((v, nv), 2)) for (k, v), (nk, nv) in zip(past, new, strict=True)]
@@ -55,8 +54,7 @@ def greedy_rollouts(model: NLDTransformer, windows: torch.Tensor, count: int) ->
     """Greedy AR continuation (`count` tokens) of each row; also the causal K/V of all but the last token."""
     rows, length = windows.shape
     mask_id = model.config.mask_token_id
-    causal_bias = torch.zeros(length, length).masked_fill(~causal(length), float("-inf"))
-    hidden, past = model(windows, torch.arange(length).expand(rows, -1), causal_bias[None, None])
+    hidden, past = model(windows, torch.arange(length).expand(rows, -1), additive_bias(causal(length))[None, None])
     context_past = [(k[:, :, :-1], v[:, :, :-1]) for k, v in past]
     tokens = [greedy_ids(model.logits(hidden[:, -1]), mask_id)]
     for offset in range(1, count):

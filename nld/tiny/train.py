@@ -29,7 +29,7 @@ from nld.backends import TorchBackend
 from nld.config import parse_config
 from nld.evaluate import perplexity
 from nld.model import NLDTransformer
-from nld.step import causal
+from nld.step import additive_bias, causal
 from nld.tiny.data import SPECIAL_TOKENS, encode_files, sample_windows, stdlib_corpus, train_tokenizer
 from nld.tiny.draft_adapter import DraftAdapterSettings, distill_draft_adapter
 from nld.tiny.greedy_chains import greedy_block_chains, on_policy_windows
@@ -206,10 +206,6 @@ def learning_rate(settings: TrainSettings, phase: Phase, step: int) -> float:
     )
 
 
-def _additive(visible: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(visible.shape).masked_fill(~visible, float("-inf"))[None, None]
-
-
 def ar_loss(model: NLDTransformer, tokens: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     positions = torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1)
     hidden, _ = model(tokens, positions, bias)
@@ -294,8 +290,8 @@ def train(
     plan = phases(settings)
     total = sum(phase.steps for phase in plan)
     phase_ends = {phase.start + phase.steps for phase in plan}
-    causal_bias = _additive(causal(settings.seq_len))
-    doubled_bias = _additive(doubled_sequence_visibility(settings.seq_len, settings.block_size))
+    causal_bias = additive_bias(causal(settings.seq_len))[None, None]
+    doubled_bias = additive_bias(doubled_sequence_visibility(settings.seq_len, settings.block_size))[None, None]
     schedule = NoiseSchedule(settings.block_size, settings.keep_seed_prob, settings.full_mask_prob)
     last_save = started = time.perf_counter()
     done_at_start = step

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from nld.step import causal
+from nld.step import additive_bias, causal
 from nld.tiny.recipe import NoiseSchedule, doubled_sequence_visibility
-from nld.tiny.train import TrainSettings, _additive, ar_loss, chain_loss, new_model
+from nld.tiny.train import TrainSettings, ar_loss, chain_loss, new_model
 
 SETTINGS = dataclasses.replace(
     TrainSettings(),
@@ -36,15 +36,15 @@ def _loss(model, tokens, settings: TrainSettings) -> tuple[torch.Tensor, dict[st
         1.0,
         NoiseSchedule(settings.block_size),
         torch.Generator().manual_seed(7),
-        _additive(doubled_sequence_visibility(length, settings.block_size)),
-        _additive(causal(length)),
+        additive_bias(doubled_sequence_visibility(length, settings.block_size))[None, None],
+        additive_bias(causal(length))[None, None],
     )
 
 
 def test_real_ar_guard_adds_the_real_windows_next_token_loss() -> None:
     model = new_model(SETTINGS, MASK_ID, torch.Generator().manual_seed(0))
     tokens = torch.randint(4, SETTINGS.vocab_size, (3, SETTINGS.seq_len), generator=torch.Generator().manual_seed(1))
-    causal_bias = _additive(causal(SETTINGS.seq_len))
+    causal_bias = additive_bias(causal(SETTINGS.seq_len))[None, None]
     with torch.no_grad():
         unguarded, plain_stats = _loss(model, tokens, SETTINGS)
         guarded, stats = _loss(model, tokens, dataclasses.replace(SETTINGS, chain_real_ar_weight=0.5))
