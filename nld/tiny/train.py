@@ -184,15 +184,12 @@ def check_resumable(saved: dict, settings: TrainSettings, step: int, source: Pat
         )
 
 
-def _seed_work(work: Path, start_from: Path, log: Log) -> None:
-    """Copy `start_from` (and its folder's tokenizer and token streams) into a work folder that has no state."""
+def _copy_data(work: Path, source: Path) -> None:
+    """Copy the tokenizer and token streams of another work folder into `work` where it lacks them."""
     for name in ("tokenizer.json", "tokens.npz"):
-        if not (work / name).exists() and (start_from.parent / name).exists():
-            shutil.copyfile(start_from.parent / name, work / f"{name}.partial")
+        if not (work / name).exists() and (source / name).exists():
+            shutil.copyfile(source / name, work / f"{name}.partial")
             os.replace(work / f"{name}.partial", work / name)
-    shutil.copyfile(start_from, work / "state.partial")
-    os.replace(work / "state.partial", work / "state.pt")
-    log(f"starting from {start_from}")
 
 
 def learning_rate(settings: TrainSettings, phase: Phase, step: int) -> float:
@@ -264,12 +261,12 @@ def train(
     torch.set_num_threads(settings.threads)
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "state.pt"
-    if start_from is not None and not state_path.exists():
+    source = start_from if start_from is not None and not state_path.exists() else state_path
+    if source is start_from:
         if not start_from.is_file():
             raise FileNotFoundError(f"start_from: no saved state at {start_from}")
-        saved = torch.load(start_from, weights_only=False)
-        check_resumable(saved["settings"], settings, saved["step"], start_from)
-        _seed_work(work, start_from, log)
+        _copy_data(work, start_from.parent)
+        log(f"starting from {start_from}")
     tokenizer_path, train_stream, held_stream = prepare_data(work, settings, log)
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     pad_id, bos_id, eos_id, mask_id = (tokenizer.token_to_id(t) for t in SPECIAL_TOKENS)
@@ -278,9 +275,9 @@ def train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     record = dataclasses.asdict(settings)
     step, history = 0, []
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        check_resumable(state["settings"], settings, state["step"], state_path)
+    if source.exists():
+        state = torch.load(source, weights_only=False)
+        check_resumable(state["settings"], settings, state["step"], source)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
