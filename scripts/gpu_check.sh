@@ -3,12 +3,11 @@
 # PyTorch + CUDA. Missing pure-Python packages can be installed from wheels carried in .whl/
 # (see the device tool notes); the fixtures are taken from NLD_FIXTURES or ./shared/fixtures.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/gpu_env.sh"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/nld-site .whl/*.whl
   export PYTHONPATH=/tmp/nld-site${PYTHONPATH:+:$PYTHONPATH}
 fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export NLD_FIXTURES=${NLD_FIXTURES:-$PWD/shared/fixtures}
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
 python3 -m pytest -q -m gpu -p no:cacheprovider tests "$@"

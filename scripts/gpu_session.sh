@@ -10,10 +10,9 @@
 # the checkout (e.g. `cp -r ../shared shared-copy`, excluded in .git/info/exclude), carry it, and set
 # NLD_FIXTURES=shared-copy/fixtures in the command, or the fixture tests skip.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/gpu_env.sh"
 out=${OUT:-build/gpu_session}
 mkdir -p "$out"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
 timeout 300 python3 scripts/gpu_check_kernels.py --json "$out/kernels.json" 2>&1 | tee "$out/kernels.log"
 echo "gpu_check_kernels: exit ${PIPESTATUS[0]}" | tee -a "$out/summary.txt"

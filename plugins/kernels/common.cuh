@@ -12,10 +12,16 @@ __device__ __forceinline__ float to_float(float value) { return value; }
 __device__ __forceinline__ float to_float(__half value) { return __half2float(value); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 value) { return __bfloat162float(value); }
 
+// Explicit conversions: PyTorch's extension builds define __CUDA_NO_HALF_CONVERSIONS__ and
+// __CUDA_NO_BFLOAT16_CONVERSIONS__, which remove __half(float) and __nv_bfloat16(float).
 template <typename T>
-__device__ __forceinline__ T zero_value() {
-  return T(0.0f);
-}
+__device__ __forceinline__ T zero_value();
+template <>
+__device__ __forceinline__ float zero_value<float>() { return 0.0f; }
+template <>
+__device__ __forceinline__ __half zero_value<__half>() { return __float2half(0.0f); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 zero_value<__nv_bfloat16>() { return __float2bfloat16(0.0f); }
 
 // Runs `launch.template operator()<T>()` with T the element type named by `dtype`.
 template <typename Launch>

@@ -62,6 +62,20 @@ def test_kernels_compile_without_warnings(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr[-4000:]
 
 
+def test_kernels_compile_with_the_flags_of_torch_extension_builds(tmp_path: Path) -> None:
+    """`nld.kernels.extension` builds through torch's cpp_extension, whose nvcc flags remove the implicit
+    float <-> __half / __nv_bfloat16 conversions: the kernels must not rely on them."""
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
+    nvcc = need("nvcc")
+    for kernel in KERNELS:
+        command = [nvcc, "-std=c++17", *COMMON_NVCC_FLAGS, "-I", str(PLUGINS / "include")]
+        command += ["-gencode", "arch=compute_90a,code=sm_90a", "-c", str(PLUGINS / "kernels" / kernel)]
+        command += ["-o", str(tmp_path / f"{kernel}.o")]
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 0, (kernel, result.stderr[-4000:])
+
+
 def test_torch_binding_passes_a_syntax_check(tmp_path: Path) -> None:
     """The CPU torch wheel lacks CUDA's build-configuration header; an empty one stands in for the check."""
     from torch.utils.cpp_extension import include_paths
