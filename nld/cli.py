@@ -76,6 +76,12 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--block-length", type=int, help="block size (default: the config's)")
     parser.add_argument("--perplexity-windows", type=int, default=32, help="held-out windows of 256 tokens")
     parser.add_argument("--no-lora", action="store_true", help="ignore the draft adapter")
+    parser.add_argument(
+        "--stdlib",
+        type=Path,
+        help="standard-library folder to draw held-out prompts from (default: this interpreter's; "
+        "another Python version gives other prompts)",
+    )
     parser.add_argument("--out", type=Path, default=Path("eval.json"), help="JSON report path")
     parser.set_defaults(handler=run_eval)
 
@@ -87,7 +93,7 @@ def run_eval(args: argparse.Namespace) -> int:
     tokenizer = NLDTokenizer.from_dir(model)
     if tokenizer is None:
         raise NLDError(f"{model}: no tokenizer.json; nld eval draws held-out prompts as text")
-    files = evaluation_files(stdlib_corpus())
+    files = evaluation_files(stdlib_corpus(args.stdlib))
     stream = held_out_token_stream(tokenizer, files)
     prompts = sample_prompts(stream, args.prompts, args.prompt_length)
     ppl = perplexity(backend, sample_prompts(stream, args.perplexity_windows, 256, seed=1))

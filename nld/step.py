@@ -70,7 +70,7 @@ def causal(steps: int) -> torch.Tensor:
 
 def additive_bias(visible: torch.Tensor) -> torch.Tensor:
     """A visibility mask as an additive attention bias of the same shape: 0 where visible, -inf elsewhere."""
-    return torch.zeros(visible.shape, dtype=torch.float32).masked_fill(~visible, float("-inf"))
+    return torch.zeros(visible.shape, dtype=torch.float32, device=visible.device).masked_fill(~visible, float("-inf"))
 
 
 def bidirectional(steps: int) -> torch.Tensor:

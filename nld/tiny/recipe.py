@@ -44,7 +44,8 @@ class NoiseSchedule:
 def add_noise(
     tokens: torch.Tensor, schedule: NoiseSchedule, mask_id: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """tokens [N, L] -> (noisy tokens, masked bool [N, L], per-token mask probability t [N, L])."""
+    """tokens [N, L] -> (noisy tokens, masked bool [N, L], per-token mask probability t [N, L]).
+    The draws come from `generator` (on its own device) and move to the tokens' device."""
     rows, length = tokens.shape
     blocks = length // schedule.block
     t = torch.rand(rows, blocks, 1, generator=generator) * (1 - schedule.eps) + schedule.eps
@@ -53,8 +54,8 @@ def add_noise(
     masked = torch.rand(rows, blocks, schedule.block, generator=generator) < t
     keep_seed = torch.rand(rows, blocks, generator=generator) < schedule.keep_seed_prob
     masked[:, :, 0] &= ~keep_seed
-    masked = masked.view(rows, length)
-    t = t.expand(rows, blocks, schedule.block).reshape(rows, length)
+    masked = masked.view(rows, length).to(tokens.device)
+    t = t.expand(rows, blocks, schedule.block).reshape(rows, length).to(tokens.device)
     return torch.where(masked, torch.full_like(tokens, mask_id), tokens), masked, t
 
 
@@ -76,10 +77,12 @@ def recipe_loss(
     rows, length = tokens.shape
     source = tokens if noisy_source is None else noisy_source
     noisy, masked, t = add_noise(source, schedule, mask_id, generator)
-    positions = torch.arange(length).repeat(2).expand(rows, -1)
+    positions = torch.arange(length, device=tokens.device).repeat(2).expand(rows, -1)
     hidden, _ = model(torch.cat((noisy, tokens), dim=1), positions, bias)
     logits = model.logits(hidden)
-    ar_scored = torch.ones(rows, length - 1, dtype=torch.bool) if ar_targets is None else ar_targets
+    ar_scored = (
+        torch.ones(rows, length - 1, dtype=torch.bool, device=tokens.device) if ar_targets is None else ar_targets
+    )
     ar_logits = logits[:, length:-1][ar_scored]
     ar_sum = F.cross_entropy(ar_logits.float(), tokens[:, 1:][ar_scored], reduction="sum")
     noisy_logits = logits[:, :length][masked]

@@ -59,6 +59,7 @@ class TrainSettings:
     chain_diffusion_weight: float = 1.0
     chain_greedy_tokens: int = 128
     chain_real_ar_weight: float = 1.0
+    chain_max_tail_repeats: float = 1.0  # greedy tails looping more than this keep the real tokens (1.0: off)
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
     weight_decay: float = 0.1
@@ -69,6 +70,7 @@ class TrainSettings:
     bf16_autocast: bool = True
     seed: int = 0
     threads: int = 2
+    device: str = "cpu"  # the training loop's device; random draws stay on the CPU, so data order matches
     adapter: DraftAdapterSettings = dataclasses.field(default_factory=DraftAdapterSettings)
 
     def shape(self) -> dict:
@@ -164,7 +166,14 @@ def phases(settings: TrainSettings) -> list[Phase]:
 
 # Settings that only one phase reads: a state saved before that phase starts continues under other values.
 PHASE_ONLY_SETTINGS = {
-    "chain": ("chain_steps", "chain_lr", "chain_diffusion_weight", "chain_greedy_tokens", "chain_real_ar_weight"),
+    "chain": (
+        "chain_steps",
+        "chain_lr",
+        "chain_diffusion_weight",
+        "chain_greedy_tokens",
+        "chain_real_ar_weight",
+        "chain_max_tail_repeats",
+    ),
 }
 
 
@@ -176,6 +185,8 @@ def check_resumable(saved: dict, settings: TrainSettings, step: int, source: Pat
         if starts.get(name, step) >= step:
             free.update(fields)
     current = dataclasses.asdict(settings)
+    # A field added after the state was saved has the default that reproduces the older behaviour.
+    saved = {**{k: v for k, v in dataclasses.asdict(TrainSettings()).items() if k not in saved}, **saved}
     differing = sorted(k for k in current.keys() | saved.keys() if k not in free and current.get(k) != saved.get(k))
     if differing:
         raise ValueError(
@@ -204,7 +215,7 @@ def learning_rate(settings: TrainSettings, phase: Phase, step: int) -> float:
 
 
 def ar_loss(model: NLDTransformer, tokens: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    positions = torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1)
+    positions = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)
     hidden, _ = model(tokens, positions, bias)
     logits = model.logits(hidden)[:, :-1]
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
@@ -228,12 +239,16 @@ def chain_loss(
     was_training = model.training
     model.eval()
     if settings.chain_greedy_tokens:
-        tokens, ar_targets = on_policy_windows(model, tokens, settings.chain_greedy_tokens)
+        tokens, ar_targets = on_policy_windows(
+            model, tokens, settings.chain_greedy_tokens, settings.chain_max_tail_repeats
+        )
     chains = greedy_block_chains(model, tokens, settings.block_size)
     model.train(was_training)
     loss, stats = recipe_loss(
         model, tokens, schedule, mask_id, diffusion_weight, generator, doubled_bias, chains, ar_targets
     )
+    if ar_targets is not None and settings.chain_max_tail_repeats < 1.0:
+        stats["on_policy_rows"] = (~ar_targets[:, -1]).float().mean().item()  # rows whose greedy tail stayed
     if settings.chain_real_ar_weight:
         # Guard the verifier: next-token loss on the whole real windows, where the greedy tails stood too.
         real_loss, _ = ar_loss(model, real_windows, causal_bias)
@@ -271,12 +286,13 @@ def train(
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     pad_id, bos_id, eos_id, mask_id = (tokenizer.token_to_id(t) for t in SPECIAL_TOKENS)
     generator = torch.Generator().manual_seed(settings.seed)
-    model = new_model(settings, mask_id, generator)
+    device = torch.device(settings.device)
+    model = new_model(settings, mask_id, generator).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     record = dataclasses.asdict(settings)
     step, history = 0, []
     if source.exists():
-        state = torch.load(source, weights_only=False)
+        state = torch.load(source, weights_only=False, map_location="cpu")
         check_resumable(state["settings"], settings, state["step"], source)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -287,8 +303,10 @@ def train(
     plan = phases(settings)
     total = sum(phase.steps for phase in plan)
     phase_ends = {phase.start + phase.steps for phase in plan}
-    causal_bias = additive_bias(causal(settings.seq_len))[None, None]
-    doubled_bias = additive_bias(doubled_sequence_visibility(settings.seq_len, settings.block_size))[None, None]
+    causal_bias = additive_bias(causal(settings.seq_len).to(device))[None, None]
+    doubled_bias = additive_bias(doubled_sequence_visibility(settings.seq_len, settings.block_size).to(device))[
+        None, None
+    ]
     schedule = NoiseSchedule(settings.block_size, settings.keep_seed_prob, settings.full_mask_prob)
     last_save = started = time.perf_counter()
     done_at_start = step
@@ -297,8 +315,8 @@ def train(
         phase = next(p for p in plan if p.start <= step < p.start + p.steps)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(settings, phase, step)
-        tokens = sample_windows(train_stream, settings.batch_size, settings.seq_len, generator)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16_autocast):
+        tokens = sample_windows(train_stream, settings.batch_size, settings.seq_len, generator).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16_autocast):
             if phase.name == "ar":
                 loss, stats = ar_loss(model, tokens, causal_bias)
             elif phase.name == "nld":
@@ -337,7 +355,7 @@ def train(
             if step in phase_ends and step < total:
                 _atomic_save(state, work / f"after-{phase.name}.pt")
             last_save = now
-    model.eval()
+    model.to("cpu").eval()  # perplexity and the adapter run on the CPU, as `nld eval` does by default
     perplexity = held_out_perplexity(model, held_stream, settings.seq_len)
     log(f"held-out AR perplexity: {perplexity:.2f}")
 

@@ -83,3 +83,11 @@ def test_check_resumable_frees_only_chain_settings_and_only_before_the_chain_pha
         check_resumable(saved, other_chain, chain_start + 1, Path("state.pt"))
     with pytest.raises(ValueError, match=r"other values of nld_steps"):
         check_resumable(saved, dataclasses.replace(QUICK, nld_steps=4), QUICK.ar_steps, Path("after-ar.pt"))
+
+
+def test_check_resumable_reads_a_field_missing_from_an_older_state_as_its_default() -> None:
+    saved = {k: v for k, v in dataclasses.asdict(QUICK).items() if k not in ("device", "chain_max_tail_repeats")}
+    step = QUICK.ar_steps + QUICK.nld_steps + QUICK.chain_steps
+    check_resumable(saved, QUICK, step, Path("state.pt"))
+    with pytest.raises(ValueError, match=r"other values of device"):
+        check_resumable(saved, dataclasses.replace(QUICK, device="cuda"), step, Path("state.pt"))
