@@ -60,6 +60,7 @@ class TrainSettings:
     chain_greedy_tokens: int = 128
     chain_real_ar_weight: float = 1.0
     chain_max_tail_repeats: float = 1.0  # greedy tails looping more than this keep the real tokens (1.0: off)
+    chain_seed: int = -1  # >= 0: reseed the data order and noise when the chain phase starts (-1: carry on)
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
     weight_decay: float = 0.1
@@ -173,6 +174,7 @@ PHASE_ONLY_SETTINGS = {
         "chain_greedy_tokens",
         "chain_real_ar_weight",
         "chain_max_tail_repeats",
+        "chain_seed",
     ),
 }
 
@@ -313,6 +315,8 @@ def train(
     model.train()
     while step < total:
         phase = next(p for p in plan if p.start <= step < p.start + p.steps)
+        if step == phase.start and phase.name == "chain" and settings.chain_seed >= 0:
+            generator.manual_seed(settings.chain_seed)  # states saved inside the phase carry the reseeded one
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(settings, phase, step)
         tokens = sample_windows(train_stream, settings.batch_size, settings.seq_len, generator).to(device)

@@ -56,8 +56,8 @@ def test_quick_training_writes_a_working_checkpoint(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_start_from_a_phase_end_matches_a_run_from_scratch(tmp_path: Path) -> None:
-    # Only a chain setting differs, so the NLD phase's end of one run is where the other passes too.
-    other_chain = dataclasses.replace(QUICK, chain_diffusion_weight=3.0)
+    # Only chain settings differ, so the NLD phase's end of one run is where the other passes too.
+    other_chain = dataclasses.replace(QUICK, chain_diffusion_weight=3.0, chain_seed=5)
     train(tmp_path / "base", tmp_path / "base-work", QUICK, lambda _: None)
     snapshot = tmp_path / "base-work" / "after-nld.pt"
     assert torch.load(snapshot, weights_only=False)["step"] == 6
@@ -68,6 +68,10 @@ def test_start_from_a_phase_end_matches_a_run_from_scratch(tmp_path: Path) -> No
     started_weights, scratch_weights = load_checkpoint(started).weights, load_checkpoint(scratch).weights
     assert started_weights.keys() == scratch_weights.keys()
     assert all(torch.equal(started_weights[name], scratch_weights[name]) for name in started_weights)
+    # The chain seed reseeds the chain phase's draws: without it the same run ends elsewhere.
+    unseeded = train(tmp_path / "unseeded", tmp_path / "unseeded-work", dataclasses.replace(other_chain, chain_seed=-1))
+    unseeded_weights = load_checkpoint(unseeded).weights
+    assert not all(torch.equal(started_weights[name], unseeded_weights[name]) for name in started_weights)
     # An AR-phase setting differs: the snapshot is not on this run's path.
     with pytest.raises(ValueError, match=r"other values of lr"):
         train(tmp_path / "x", tmp_path / "x-work", dataclasses.replace(other_chain, lr=1e-3), start_from=snapshot)
