@@ -1,4 +1,4 @@
-"""Train the built-in tiny NLD model on CPU: AR warm-up, the NLD recipe, the recipe on greedy chains,
+"""Train the built-in tiny NLD model (on the CPU by default): AR warm-up, the NLD recipe, the recipe on greedy chains,
 then the draft adapter.
 
 Resumable: the run keeps `state.pt` in its work directory (written atomically every few minutes and at
