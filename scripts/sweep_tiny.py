@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from nld.evaluate import repeated_ngram_share  # noqa: E402
 from nld.tiny.data import evaluation_files, stdlib_corpus  # noqa: E402
+from nld.tiny.train import copy_token_data  # noqa: E402
 
 W3 = ("chain_diffusion_weight=3.0", "chain_real_ar_weight=3.0")
 # name -> [(variant name, TrainSettings overrides)]
@@ -66,16 +67,15 @@ def pack(data: Path, into: Path) -> None:
     for name in ("tokenizer.json", "tokens.npz"):
         shutil.copyfile(data / name, partial / name)
     corpus = stdlib_corpus()
-    for path in evaluation_files(corpus):
+    files = evaluation_files(corpus)
+    for path in files:
         target = partial / "stdlib" / path.relative_to(corpus.root)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
     (partial / "python_version.txt").write_text(corpus.python_version + "\n")
     shutil.rmtree(into, ignore_errors=True)
     os.replace(partial, into)
-    print(
-        f"packed {data} and {len(evaluation_files(corpus))} held-out files (Python {corpus.python_version}) into {into}"
-    )
+    print(f"packed {data} and {len(files)} held-out files (Python {corpus.python_version}) into {into}")
 
 
 def _command(*args: str | Path) -> list[str]:
@@ -92,9 +92,7 @@ def run_variant(name: str, overrides: tuple[str, ...], args: argparse.Namespace,
     """Train, evaluate and prompt one variant; every step's output goes to RUNS/name.log."""
     work, model = args.runs / f"{name}-work", args.runs / name
     work.mkdir(parents=True, exist_ok=True)
-    for file in ("tokenizer.json", "tokens.npz"):
-        if not (work / file).exists():
-            shutil.copyfile(args.pack / file, work / file)
+    copy_token_data(work, args.pack)
     sets = [f"--set={item}" for item in (f"device={args.device}", "threads=1", "adapter.chunks=0", *overrides)]
     quick = ["--quick"] if args.quick else []
     eval_size = ["--prompts", "2", "--max-new-tokens", "8", "--perplexity-windows", "2"] if args.quick else []

@@ -197,7 +197,7 @@ def check_resumable(saved: dict, settings: TrainSettings, step: int, source: Pat
         )
 
 
-def _copy_data(work: Path, source: Path) -> None:
+def copy_token_data(work: Path, source: Path) -> None:
     """Copy the tokenizer and token streams of another work folder into `work` where it lacks them."""
     for name in ("tokenizer.json", "tokens.npz"):
         if not (work / name).exists() and (source / name).exists():
@@ -282,7 +282,7 @@ def train(
     if source is start_from:
         if not start_from.is_file():
             raise FileNotFoundError(f"start_from: no saved state at {start_from}")
-        _copy_data(work, start_from.parent)
+        copy_token_data(work, start_from.parent)
         log(f"starting from {start_from}")
     tokenizer_path, train_stream, held_stream = prepare_data(work, settings, log)
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
