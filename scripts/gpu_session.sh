@@ -18,5 +18,6 @@ timeout 300 python3 scripts/gpu_check_kernels.py --json "$out/kernels.json" 2>&1
 echo "gpu_check_kernels: exit ${PIPESTATUS[0]}" | tee -a "$out/summary.txt"
 timeout 240 python3 scripts/gpu_bench_8b.py --json "$out/bench_8b.json" 2>&1 | tee "$out/bench_8b.log"
 echo "gpu_bench_8b: exit ${PIPESTATUS[0]}" | tee -a "$out/summary.txt"
-timeout 240 bash scripts/gpu_check.sh -q -x 2>&1 | tee "$out/gpu_tests.log"
+# -v names every test as it finishes, so a run cut off by its time limit still says which failed.
+timeout 240 bash scripts/gpu_check.sh -v --maxfail=10 2>&1 | tee "$out/gpu_tests.log"
 echo "gpu_check (pytest -m gpu): exit ${PIPESTATUS[0]}" | tee -a "$out/summary.txt"
