@@ -13,11 +13,10 @@ from nld.cli_bench import add_bench_command
 from nld.cli_quantize import add_quantize_commands
 from nld.cli_serve import add_serving_commands
 from nld.errors import NLDError
-from nld.evaluate import evaluate_modes, held_out_token_stream, markdown_table, perplexity, sample_prompts, write_report
+from nld.evaluate import eval_token_stream, evaluate_modes, markdown_table, perplexity, sample_prompts, write_report
 from nld.generate import generate, load_backend
 from nld.models import default_model_dir
 from nld.modes import MODES, GenerationParams
-from nld.tiny.data import evaluation_files, stdlib_corpus
 from nld.tokenizer import NLDTokenizer
 
 
@@ -93,8 +92,7 @@ def run_eval(args: argparse.Namespace) -> int:
     tokenizer = NLDTokenizer.from_dir(model)
     if tokenizer is None:
         raise NLDError(f"{model}: no tokenizer.json; nld eval draws held-out prompts as text")
-    files = evaluation_files(stdlib_corpus(args.stdlib))
-    stream = held_out_token_stream(tokenizer, files)
+    stream = eval_token_stream(tokenizer, args.stdlib)
     prompts = sample_prompts(stream, args.prompts, args.prompt_length)
     ppl = perplexity(backend, sample_prompts(stream, args.perplexity_windows, 256, seed=1))
     reports = evaluate_modes(backend, prompts, args.max_new_tokens, args.block_length, tokenizer.decode)

@@ -20,7 +20,7 @@ from nld.generate import generate
 from nld.modes import MODES, GenerationParams
 from nld.sampling import Sampler
 from nld.step import StepBackend, StepRequest, causal
-from nld.tiny.data import read_source, sample_windows
+from nld.tiny.data import evaluation_files, read_source, sample_windows, stdlib_corpus
 from nld.tokenizer import NLDTokenizer
 
 
@@ -60,6 +60,12 @@ def held_out_token_stream(tokenizer: NLDTokenizer, files: list[Path]) -> list[in
     for path in files:
         stream += tokenizer.tokenizer.encode(read_source(path), add_special_tokens=False).ids
     return stream
+
+
+def eval_token_stream(tokenizer: NLDTokenizer, stdlib: Path | None = None) -> list[int]:
+    """The stream `nld eval` draws its prompts from: the held-out split of the stdlib corpus (this
+    interpreter's, or the one under `stdlib`), minus the generated codec tables."""
+    return held_out_token_stream(tokenizer, evaluation_files(stdlib_corpus(stdlib)))
 
 
 def sample_prompts(stream: list[int], count: int, length: int, seed: int = 0) -> list[list[int]]:

@@ -9,12 +9,11 @@ from pathlib import Path
 import torch
 
 from nld.backends import TorchBackend
-from nld.evaluate import held_out_token_stream, sample_prompts
+from nld.evaluate import eval_token_stream, sample_prompts
 from nld.model import NLDTransformer
 from nld.quantize.ptq import prepare, quantize_model
 from nld.quantize.recipes import MODELOPT_VERSION
 from nld.quantize.report import quality_report
-from nld.tiny.data import evaluation_files, stdlib_corpus
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ def run_evidence(request: EvidenceRequest, progress: bool = True) -> dict:
     import modelopt.torch.quantization as mtq
 
     mtq.fold_weight(quantized_model)  # quantize the weights once, not in every forward (same numbers)
-    stream = held_out_token_stream(tokenizer, evaluation_files(stdlib_corpus()))
+    stream = eval_token_stream(tokenizer)
     report = quality_report(
         TorchBackend(reference_model),
         TorchBackend(quantized_model),

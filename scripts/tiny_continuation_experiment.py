@@ -31,13 +31,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nld.backends import TorchBackend
-from nld.evaluate import held_out_token_stream, perplexity, repeated_ngram_share, sample_prompts
+from nld.evaluate import eval_token_stream, perplexity, repeated_ngram_share, sample_prompts
 from nld.generate import generate
 from nld.models import default_model_dir
 from nld.modes import GenerationParams
 from nld.step import additive_bias, causal
 from nld.tiny import recipe
-from nld.tiny.data import evaluation_files, sample_windows, stdlib_corpus
+from nld.tiny.data import sample_windows
 from nld.tiny.greedy_chains import greedy_block_chains, on_policy_windows
 from nld.tiny.recipe import NoiseSchedule, doubled_sequence_visibility, recipe_loss
 from nld.tiny.train import TrainSettings, chain_loss, new_model
@@ -135,7 +135,7 @@ def main() -> int:
     if args.tail_keep_seed_prob is not None:
         mask_tail_seeds(args.tail_keep_seed_prob)
     causal_bias = additive_bias(causal(settings.seq_len))[None, None]
-    stream = held_out_token_stream(NLDTokenizer.from_dir(default_model_dir()), evaluation_files(stdlib_corpus()))
+    stream = eval_token_stream(NLDTokenizer.from_dir(default_model_dir()))
     blocks = [int(part) for part in args.eval_blocks.split(",")]
     if args.steps == 0:
         print("start", json.dumps(measure(model, stream, blocks)), flush=True)

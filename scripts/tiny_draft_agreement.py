@@ -21,14 +21,13 @@ from pathlib import Path
 
 import torch
 
-from nld.evaluate import held_out_token_stream, sample_prompts
+from nld.evaluate import eval_token_stream, sample_prompts
 from nld.generate import generate, load_backend
 from nld.kv_cache import KVCache
 from nld.models import BUILTIN_MODEL
 from nld.modes import GenerationParams
 from nld.sampling import Sampler
 from nld.step import StepBackend, StepRequest, bidirectional, causal
-from nld.tiny.data import evaluation_files, stdlib_corpus
 from nld.tokenizer import NLDTokenizer
 
 
@@ -84,7 +83,7 @@ def main() -> None:
     tokenizer = NLDTokenizer.from_dir(Path(args.model))
     if tokenizer is None:
         raise SystemExit(f"{args.model}: no tokenizer.json to draw the held-out prompts with")
-    stream = held_out_token_stream(tokenizer, evaluation_files(stdlib_corpus()))
+    stream = eval_token_stream(tokenizer)
     prompts = sample_prompts(stream, args.prompts, args.prompt_length)
     block = backend.config.block_size
     params = GenerationParams(max_new_tokens=args.max_new_tokens)

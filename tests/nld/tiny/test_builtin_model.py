@@ -9,10 +9,9 @@ import sys
 import pytest
 
 from nld.checkpoint import load_checkpoint
-from nld.evaluate import evaluate_modes, held_out_token_stream, sample_prompts
+from nld.evaluate import eval_token_stream, evaluate_modes, sample_prompts
 from nld.generate import load_backend
 from nld.models import BUILTIN_MODEL
-from nld.tiny.data import evaluation_files, stdlib_corpus
 from nld.tokenizer import NLDTokenizer
 
 pytestmark = pytest.mark.skipif(not (BUILTIN_MODEL / "config.json").exists(), reason="built-in model not trained")
@@ -56,7 +55,7 @@ def held_out_reports() -> dict:
     backend = load_backend(str(BUILTIN_MODEL))
     tokenizer = NLDTokenizer.from_dir(BUILTIN_MODEL)
     assert tokenizer is not None
-    stream = held_out_token_stream(tokenizer, evaluation_files(stdlib_corpus()))
+    stream = eval_token_stream(tokenizer)
     prompts = sample_prompts(stream, 32, 64)  # `nld eval`'s defaults: the prompts of docs/tiny_model.md
     return {(r.mode, r.adapter): r for r in evaluate_modes(backend, prompts, max_new_tokens=64)}
 
