@@ -70,6 +70,15 @@ def cycle_tails(backend: StepBackend, prompts: list[list[int]], max_new_tokens: 
     return tails
 
 
+def _markdown(first: str, headers: list[str], rows: dict[str, list[float]]) -> str:
+    """A markdown table: one row per key, its shares in the columns (`-` where a row is shorter)."""
+    lines = [f"| {first} | " + " | ".join(headers) + " |", "|---|" + "---|" * len(headers)]
+    for name, shares in rows.items():
+        cells = [f"{share:.2f}" for share in shares] + ["-"] * (len(headers) - len(shares))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(BUILTIN_MODEL))
@@ -91,16 +100,10 @@ def main() -> None:
     agreement = draft_agreement(backend, sequences, block, args.stride)
     tails = cycle_tails(backend, prompts, args.max_new_tokens, block)
     print(f"draft = greedy AR, k tokens after the last known token ({agreement['samples']} samples)")
-    print("| draft shape | " + " | ".join(f"k={k}" for k in range(1, block + 1)) + " |")
-    print("|---|" + "---|" * block)
-    for shape in ("linear", "quadratic"):
-        cells = [f"{a:.2f}" for a in agreement[shape]] + ["-"] * (block - len(agreement[shape]))
-        print(f"| {shape} | " + " | ".join(cells) + " |")
+    shapes = {shape: agreement[shape] for shape in ("linear", "quadratic")}
+    print(_markdown("draft shape", [f"k={k}" for k in range(1, block + 1)], shapes))
     print("\nshare of cycles emitting >= k tokens")
-    print("| mode | " + " | ".join(f">={k}" for k in range(1, block + 1)) + " |")
-    print("|---|" + "---|" * block)
-    for mode, tail in tails.items():
-        print(f"| {mode} | " + " | ".join(f"{t:.2f}" for t in tail) + " |")
+    print(_markdown("mode", [f">={k}" for k in range(1, block + 1)], tails))
     if args.out:
         args.out.write_text(json.dumps({"model": args.model, "agreement": agreement, "cycles": tails}, indent=2) + "\n")
 
