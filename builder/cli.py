@@ -13,13 +13,14 @@ from nld.builder.plan import make_plan, plan_table
 from nld.builder.skus import PRECISIONS, SKUS, get_sku, targets_table
 from nld.config import load_config
 from nld.errors import NLDError
+from nld.models import default_model_dir
 from nld.modes import MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nld-build", description="Build an NLD model for a GPU SKU")
     parser.add_argument("--list-targets", action="store_true", help="print the target x precision matrix")
-    parser.add_argument("--model", help="Hugging Face NLD checkpoint folder")
+    parser.add_argument("--model", help="Hugging Face NLD checkpoint folder (default: the built-in tiny model)")
     parser.add_argument("--target", help=f"one of {', '.join(SKUS)}")
     parser.add_argument("--precision", help=f"one of {', '.join(PRECISIONS)}")
     parser.add_argument("--output", type=Path, help="build folder (written atomically)")
@@ -47,18 +48,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list_targets:
             print(targets_table())
             return 0
-        missing = [f"--{name}" for name in ("model", "target", "precision") if getattr(args, name) is None]
+        missing = [f"--{name}" for name in ("target", "precision") if getattr(args, name) is None]
         if missing:
             raise NLDError(f"{', '.join(missing)} required (or --list-targets)")
+        model = Path(args.model) if args.model else default_model_dir()
         sku = get_sku(args.target)
         if args.dry_run:
-            plan = make_plan(load_config(args.model), sku, args.precision, args.max_context, args.memory_fraction)
+            plan = make_plan(load_config(model), sku, args.precision, args.max_context, args.memory_fraction)
             print(json.dumps(plan.as_dict(), indent=2) if args.json else plan_table(plan))
             return 0
         if args.output is None:
             raise NLDError("--output required (or --dry-run)")
         request = BuildRequest(
-            Path(args.model),
+            model,
             args.target,
             args.precision,
             args.output,

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 import nld.builder.pipeline as pipeline
-from nld.builder.cli import main
+from nld.builder.cli import build_parser, main
 from nld.builder.pipeline import BuildRequest, build, sha256
 from nld.builder.skus import SKUS
 from nld.errors import NLDError
@@ -121,6 +121,13 @@ def test_cli_build_and_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str
     captured = capsys.readouterr()
     assert "engine: built" in captured.err and (tmp_path / "o" / "engine" / "step.engine").exists()
     assert main(argv) == 2 and "pass --force" in capsys.readouterr().err
+
+
+def test_model_defaults_to_the_builtin_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--target", "cpu", "--precision", "bf16", "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["context"] == json.loads((default_model_dir() / "config.json").read_text())["max_position_embeddings"]
+    assert "default: the built-in tiny model" in " ".join(build_parser().format_help().split())
 
 
 @pytest.mark.parametrize("target", list(SKUS))
