@@ -83,7 +83,8 @@ def _versions() -> dict[str, str]:
 def check_request(request: BuildRequest) -> tuple[Sku, BuildPlan, list[EngineProfile]]:
     """Every check that can fail, before any work. Returns (sku, plan, engine profiles)."""
     sku = get_sku(request.target)
-    checkpoint = load_checkpoint(request.model, with_adapter=False)  # names the file/tensor at fault
+    # Reads every tensor once: names the file/tensor at fault, refuses NaN/Inf and a bad draft adapter.
+    checkpoint = load_checkpoint(request.model, nonfinite="error")
     if (Path(request.model) / QUANT_CONFIG_FILE).exists():
         raise NLDError(
             f"{request.model} is already quantized ({QUANT_CONFIG_FILE}); build from the unquantized checkpoint "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,13 +238,55 @@ class Checkpoint:
     adapter: LoraAdapter | None
 
 
-def load_checkpoint(model_dir: str | Path, *, with_adapter: bool = True) -> Checkpoint:
+class NonFiniteWeightsWarning(UserWarning):
+    """A checkpoint loaded with NaN or Inf in a tensor (`load_checkpoint(..., nonfinite="warn")`)."""
+
+
+def _is_finite(tensor: torch.Tensor) -> bool:
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)  # one fast pass; NaN propagates to both, Inf to one
+    return math.isfinite(low.item()) and math.isfinite(high.item())
+
+
+def nonfinite_tensor(checkpoint: Checkpoint) -> str | None:
+    """The first tensor of the loaded checkpoint (weights, then the draft adapter) that holds NaN or Inf,
+    as a message naming its file and name; None when every tensor is finite. Reads nothing from disk."""
+    found: tuple[str, torch.Tensor, Path] | None = None
+    for name in sorted(checkpoint.weights):
+        if not _is_finite(checkpoint.weights[name]):
+            files = _weight_files(checkpoint.path)
+            found = (name, checkpoint.weights[name], files.get(name, checkpoint.path))
+            break
+    if found is None and checkpoint.adapter is not None:
+        for layer, pair in sorted(checkpoint.adapter.layers.items()):
+            for part, tensor in zip(("lora_A", "lora_B"), pair, strict=True):
+                if found is None and not _is_finite(tensor):
+                    name = f"{ADAPTER_PREFIX}encoder.layers.{layer}.self_attn.o_proj.{part}.weight"
+                    found = (name, tensor, checkpoint.adapter.path / "adapter_model.safetensors")
+    if found is None:
+        return None
+    name, tensor, path = found
+    bad = int((~torch.isfinite(tensor)).sum())
+    return f"{path}: tensor '{name}' holds {bad} non-finite values (NaN or Inf) of {tensor.numel()}"
+
+
+def load_checkpoint(model_dir: str | Path, *, with_adapter: bool = True, nonfinite: str = "warn") -> Checkpoint:
     """Load an NLD checkpoint folder (a unified quantized one is dequantized); the `linear_spec_lora/`
-    adapter is loaded when present."""
+    adapter is loaded when present. A tensor holding NaN or Inf (`nonfinite_tensor`) gives a
+    NonFiniteWeightsWarning ("warn"), a CheckpointError ("error"), or nothing ("ignore")."""
+    if nonfinite not in ("warn", "error", "ignore"):
+        raise ValueError(f"nonfinite must be 'warn', 'error' or 'ignore', got {nonfinite!r}")
     model_dir = Path(model_dir)
     config = load_config(model_dir)
     quantized = (model_dir / QUANT_CONFIG_FILE).exists()
     weights = load_quantized_weights(model_dir, config) if quantized else load_weights(model_dir, config)
     adapter_dir = model_dir / ADAPTER_DIR
     adapter = load_adapter(adapter_dir, config) if with_adapter and adapter_dir.is_dir() else None
-    return Checkpoint(path=model_dir, config=config, weights=weights, adapter=adapter)
+    checkpoint = Checkpoint(path=model_dir, config=config, weights=weights, adapter=adapter)
+    problem = None if nonfinite == "ignore" else nonfinite_tensor(checkpoint)
+    if problem is not None and nonfinite == "error":
+        raise CheckpointError(problem)
+    if problem is not None:
+        warnings.warn(problem, NonFiniteWeightsWarning, stacklevel=2)
+    return checkpoint

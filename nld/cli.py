@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from nld.backends.torch_backend import DTYPES
+from nld.checkpoint import NonFiniteWeightsWarning
 from nld.cli_bench import add_bench_command
 from nld.cli_quantize import add_quantize_commands
 from nld.cli_serve import add_serving_commands
@@ -107,7 +109,14 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     """`nld generate`: load, encode, decode, print."""
     model = _model_dir(args)
-    backend = load_backend(model, args.backend, args.dtype, args.device, not args.no_lora, args.build)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NonFiniteWeightsWarning)
+        backend = load_backend(model, args.backend, args.dtype, args.device, not args.no_lora, args.build)
+    for warning in caught:  # a NaN/Inf tensor: one line, then generate anyway; other warnings as usual
+        if issubclass(warning.category, NonFiniteWeightsWarning):
+            print(f"nld: warning: {warning.message}; generating anyway", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     tokenizer = NLDTokenizer.from_dir(model)
     if args.prompt is not None:
         if tokenizer is None:

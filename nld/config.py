@@ -10,6 +10,7 @@ from typing import Any
 from nld.errors import ConfigError
 
 MODEL_TYPE = "nemotron_labs_diffusion"
+ARCHITECTURE = "NemotronLabsDiffusionModel"  # what `architectures` must name when present
 DLM_PARADIGMS = ("bidirectional", "autoregressive", "block_diff")
 ROPE_TYPES = ("default", "yarn")
 
@@ -179,6 +180,9 @@ def parse_config(
     model_type = data.get("model_type")
     if model_type != MODEL_TYPE:
         raise fields.fail("model_type", f"must be '{MODEL_TYPE}', got {model_type!r}")
+    architectures = data.get("architectures")  # optional: configs written by hand or by training omit it
+    if architectures is not None and (not isinstance(architectures, list) or ARCHITECTURE not in architectures):
+        raise fields.fail("architectures", f"must name {ARCHITECTURE}, got {architectures!r}")
     if data.get("hidden_act", "silu") != "silu":
         raise fields.fail("hidden_act", f"must be 'silu', got {data.get('hidden_act')!r}")
     hidden = fields.int("hidden_size", required=True, minimum=1)

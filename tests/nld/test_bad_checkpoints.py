@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from nld.builder.cli import main as nld_build
 from nld.checkpoint import load_checkpoint
 from nld.errors import NLDError
 from tests.conftest import fixture_dir
@@ -69,6 +70,11 @@ BREAKAGES: list[tuple[str, Callable[[Path], None], list[str]]] = [
         "wrong model type",
         lambda m: _edit_json(m / "config.json", lambda d: d.update(model_type="llama")),
         ["config.json", "'model_type'"],
+    ),
+    (
+        "architectures of another model",
+        lambda m: _edit_json(m / "config.json", lambda d: d.update(architectures=["LlamaForCausalLM"])),
+        ["config.json", "'architectures'", "NemotronLabsDiffusionModel", "LlamaForCausalLM"],
     ),
     (
         "mask id out of vocab",
@@ -169,3 +175,56 @@ def test_cli_reports_bad_checkpoint_in_one_line(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
     assert "encoder.norm.weight" in run.stderr and str(model) in run.stderr
+
+
+def _poison(path: Path, name: str, value: float) -> None:
+    """Set one element of tensor `name` in the safetensors file `path` to `value` (NaN or Inf)."""
+
+    def change(tensors: dict) -> None:
+        tensors[name].view(-1)[7] = value
+
+    _edit_weights(path, change)
+
+
+NONFINITE = [
+    ("nan weight", "model.safetensors", "encoder.layers.1.mlp.down_proj.weight", float("nan")),
+    ("inf weight", "model.safetensors", "encoder.embed_tokens.weight", float("-inf")),
+    (
+        "nan adapter",
+        "linear_spec_lora/adapter_model.safetensors",
+        "base_model.model.encoder.layers.0.self_attn.o_proj.lora_B.weight",
+        float("nan"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("file", "tensor", "value"), [case[1:] for case in NONFINITE], ids=[c[0] for c in NONFINITE])
+def test_nld_build_refuses_nonfinite_weights_naming_the_tensor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], file: str, tensor: str, value: float
+) -> None:
+    model = _copy(tmp_path)
+    _poison(model / file, tensor, value)
+    out = tmp_path / "out"
+    argv = ["--model", str(model), "--target", "cpu", "--precision", "bf16", "--output", str(out)]
+    assert nld_build(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "non-finite" in lines[0], lines
+    assert f"'{tensor}'" in lines[0] and str(model / file) in lines[0]
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == [model.name]  # refused before any work
+
+
+def test_generate_warns_once_on_nonfinite_weights_and_still_runs(tmp_path: Path) -> None:
+    model = _copy(tmp_path)
+    _poison(model / "model.safetensors", "encoder.layers.0.self_attn.q_proj.weight", float("inf"))
+    run = subprocess.run(
+        [sys.executable, "-m", "nld.cli", "generate", "--model", str(model), "--mode", "ar", "--prompt-ids", "1,2"]
+        + ["--max-new-tokens", "3", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    warnings = [line for line in run.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1 and warnings[0].startswith("nld: warning: "), run.stderr
+    assert "'encoder.layers.0.self_attn.q_proj.weight'" in warnings[0] and "model.safetensors" in warnings[0]
+    assert "Traceback" not in run.stderr and len(json.loads(run.stdout)["new_ids"]) == 3
