@@ -74,7 +74,7 @@ def test_cli_lists_targets_and_refuses_bad_input(capsys: pytest.CaptureFixture[s
         (["--model", model, "--target", "cpu", "--precision", "nvfp4", "--dry-run"], "does not support"),
         (["--model", "/nonexistent", "--target", "gb200", "--precision", "fp8", "--dry-run"], "/nonexistent"),
         (["--model", model, "--target", "h100", "--precision", "fp8"], "unknown target"),
-        (["--target", "gb200"], "--model, --precision required"),
+        (["--target", "gb200"], "--precision required"),  # --model defaults to the built-in model
         (["--model", model, "--target", "gb200", "--precision", "fp8"], "--output required"),
     ]
     for argv, message in cases:
