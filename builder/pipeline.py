@@ -106,7 +106,13 @@ def check_request(request: BuildRequest) -> tuple[Sku, BuildPlan, list[EnginePro
     if request.max_prefill < 1:
         raise NLDError(f"--max-prefill must be >= 1, got {request.max_prefill}")
     profiles = engine_profiles(
-        checkpoint.config, plan.step_tokens, plan.context, request.max_batch, request.modes, request.max_prefill
+        checkpoint.config,
+        plan.step_tokens,
+        plan.context,
+        request.max_batch,
+        request.modes,
+        request.max_prefill,
+        plan.step_positions,
     )
     check_engine_runtime(sku)
     return sku, plan, profiles

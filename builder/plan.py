@@ -39,6 +39,13 @@ def step_tokens(config: NLDConfig) -> dict[str, int]:
     return {"ar": 1, "diffusion": block, "linear-spec": block, "quadratic-spec": quadratic * (quadratic + 1)}
 
 
+def step_positions(config: NLDConfig) -> dict[str, int]:
+    """Positions one decode forward of each mode spans: a quadratic step's B*(B+1) tokens sit at 2B
+    positions (row i = [d_i, MASK x B] at L+i .. L+i+B; nld/modes/quadratic_spec.py)."""
+    block = config.block_size
+    return {"ar": 1, "diffusion": block, "linear-spec": block, "quadratic-spec": 2 * default_block(block)}
+
+
 @dataclass(frozen=True)
 class ParameterCounts:
     linear: int  # decoder-block linear weights (quantized)
@@ -70,6 +77,7 @@ class BuildPlan:
     tokens_per_forward: dict[str, float]
     roofline_tokens_per_second: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    step_positions: dict[str, int] = field(default_factory=dict)  # positions each mode's step spans
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -106,6 +114,7 @@ def make_plan(
         None,
         steps,
         tpf,
+        step_positions=step_positions(config),
     )
     if sku.memory_gb:
         budget = sku.memory_gb * 1e9 * memory_fraction - weight_bytes
@@ -139,11 +148,12 @@ def plan_table(plan: BuildPlan) -> str:
             f"at {plan.memory_fraction:.0%} of memory: {plan.max_kv_tokens:,} KV tokens = "
             f"{plan.max_batch_at_context} sequences of {plan.context} tokens"
         )
-    lines += ["", "| mode | tokens per step | tokens/forward (assumed) | roofline tokens/s, one user |"]
-    lines.append("|---|---|---|---|")
+    lines += ["", "| mode | tokens per step | positions | tokens/forward (assumed) | roofline tokens/s, one user |"]
+    lines.append("|---|---|---|---|---|")
     for mode, tokens in plan.step_tokens.items():
         roofline = plan.roofline_tokens_per_second.get(mode)
         shown = f"{roofline:,.0f}" if roofline is not None else "-"
-        lines.append(f"| {mode} | {tokens} | {plan.tokens_per_forward[mode]:.2f} | {shown} |")
+        span = plan.step_positions.get(mode, tokens)
+        lines.append(f"| {mode} | {tokens} | {span} | {plan.tokens_per_forward[mode]:.2f} | {shown} |")
     lines += [f"note: {note}" for note in plan.notes]
     return "\n".join(lines)

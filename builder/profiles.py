@@ -2,7 +2,8 @@
 
 Two profiles, as LLM engines use them:
 - `decode`: the steps of the requested modes (1 token for AR, B for diffusion and linear-spec,
-  B*(B+1) for quadratic-spec) for up to `max_batch` requests, against a cache of up to `context` tokens;
+  B*(B+1) for quadratic-spec, which span 1, B, B and 2B positions) for up to `max_batch` requests,
+  against a cache of committed tokens that leaves room for the step's span in `context`;
   tuned at the widest requested step for a full batch halfway through the context.
 - `prefill`: one prompt of up to `max_prefill` tokens (at most the context) at a time, from an empty or
   short cache; tuned for a prompt of a quarter of that length.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nld.builder.plan import step_positions as plan_step_positions
 from nld.config import NLDConfig
 from nld.errors import NLDError
 from nld.onnx_export import io_names
@@ -74,21 +76,34 @@ def engine_profiles(
     max_batch: int,
     modes: tuple[str, ...],
     max_prefill: int = 1024,
+    step_positions: dict[str, int] | None = None,
 ) -> list[EngineProfile]:
-    """The decode and prefill profiles for `modes` (keys of `step_tokens`, e.g. a build plan's)."""
+    """The decode and prefill profiles for `modes` (keys of `step_tokens`, e.g. a build plan's).
+
+    A step's width (tokens: input_ids / attention_bias rows) and its span (positions it occupies) differ
+    for quadratic-spec: B(B+1) tokens at 2B positions. The span must fit the context behind the committed
+    tokens; the past input holds committed tokens only (a step's extra K/V are dropped, never fed back), so
+    the past reaches context - span of the narrowest requested step, and the bias P+T may exceed the context.
+    `step_positions` defaults to the plan's (`nld.builder.plan.step_positions`)."""
     unknown = [mode for mode in modes if mode not in step_tokens]
     if unknown or not modes:
         raise NLDError(f"unknown modes {unknown or modes}: choose from {', '.join(step_tokens)}")
+    spans = step_positions if step_positions is not None else plan_step_positions(config)
+    for mode in modes:
+        if spans[mode] >= context:  # at least one committed (prompt) token precedes the step
+            raise NLDError(
+                f"a {mode} step of {step_tokens[mode]} tokens spans {spans[mode]} positions and does not fit a "
+                f"context of {context} tokens (--max-context)"
+            )
     widest = max(step_tokens[mode] for mode in modes)
-    if widest >= context:
-        raise NLDError(f"a {widest}-token step does not fit a context of {context} tokens (--max-context)")
+    longest_past = context - min(spans[mode] for mode in modes)
     prefill = min(max_prefill, context)
     decode = _profile(
         "decode",
         config,
         _Extent(1, max_batch, max_batch),
         _Extent(1, widest, widest),
-        _Extent(0, context // 2, context - widest),
+        _Extent(0, min(context // 2, longest_past), longest_past),
     )
     prompt = _profile(
         "prefill",

@@ -6,6 +6,7 @@ builder's own per-layer log (fused attention kernels, the number of targets)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,19 @@ def test_quantized_networks_build_rtx_engines_that_keep_low_precision_weights(
         # Attention still fuses into the MHA kernel in every layer and profile (the draft LoRA included).
         assert engine["fused_attention_layers"] == load_config(model).num_hidden_layers * profiles
         assert b"accelerators={sm120 }" in (out / "engine" / f"{name}.engine").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_short_context_model_builds_engines_for_every_default_mode(tmp_path: Path) -> None:
+    """Context 128 with block 16: the 272-token quadratic step spans 32 positions, so it fits."""
+    model = tmp_path / "short"
+    shutil.copytree(default_model_dir(), model, ignore=shutil.ignore_patterns("linear_spec_lora"))  # one graph
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 128, "block_size": 16}))
+    out = build(BuildRequest(model, "rtx-pro-6000", "fp16", tmp_path / "out"), log=lambda line: None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    engine = next(stage for stage in manifest["stages"] if stage["name"] == "engine")
+    assert engine["built"] and (out / "engine" / "step.engine").stat().st_size > 0
+    decode = engine["details"]["profiles"][0]["shapes"]
+    assert decode["input_ids"][2] == [16, 272] and decode["past_key_values.0.key"][2][2] == 127
+    assert decode["attention_bias"][2] == [16, 1, 272, 127 + 272]
