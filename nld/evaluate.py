@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from nld.generate import generate
 from nld.modes import MODES, GenerationParams
 from nld.sampling import Sampler
-from nld.step import StepBackend, StepRequest, causal
+from nld.step import StepBackend, StepRequest, causal, step_one
 from nld.tiny.data import evaluation_files, read_source, sample_windows, stdlib_corpus
 from nld.tokenizer import NLDTokenizer
 
@@ -86,7 +86,7 @@ def perplexity(backend: StepBackend, windows: list[list[int]]) -> float:
             Sampler(),
             return_logits=True,
         )
-        logits = backend.step([request])[0].logits
+        logits = step_one(backend, request).logits
         assert logits is not None
         total += F.cross_entropy(logits[:-1].float(), ids[1:], reduction="sum").item()
         count += len(window) - 1

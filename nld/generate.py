@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nld.errors import NLDError
+from nld.limits import check_prompt_ids, check_request
 from nld.modes import MODES, Decoding, Generation, GenerationParams, run_policy
 from nld.modes.quadratic_spec import default_block
 from nld.step import StepBackend
@@ -24,6 +25,8 @@ def generate(
     if mode not in MODES:
         raise ValueError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")
     params = params or GenerationParams()
+    check_prompt_ids(backend.config, prompt_ids)
+    check_request(backend.config, mode, len(prompt_ids), params)
     cache = backend.new_cache(cache_capacity(len(prompt_ids), mode, params, backend.config.block_size))
     decoding = Decoding(backend.config, prompt_ids, params, cache, mode, backend.has_adapter)
     return run_policy(backend, decoding, MODES[mode])

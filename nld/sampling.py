@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from nld.kernels.ops import top1_confidence
+from nld.limits import GREEDY_BELOW, check_value
 
 
 @dataclass
@@ -24,14 +25,13 @@ class Sampler:
     generator: torch.Generator | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_value("temperature", self.temperature)
+        check_value("top_p", self.top_p)
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        """Temperatures below GREEDY_BELOW decode as 0: dividing logits by them would overflow."""
+        return self.temperature < GREEDY_BELOW
 
 
 def seeded_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:

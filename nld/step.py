@@ -52,8 +52,23 @@ class StepResult:
     logits: torch.Tensor | None = None
 
 
+class PartialStepError(Exception):
+    """Some requests of a batched step failed on their own (their sampling, their cache write).
+
+    `errors` maps a request's index to its error; `results` holds the other requests' results (None at
+    the failed indices), whose caches were written as asked. A backend raises this only after the
+    shared forward succeeded; any other error from `step` means no cache was written."""
+
+    def __init__(self, results: list[StepResult | None], errors: dict[int, Exception]) -> None:
+        first = next(iter(errors.values()))
+        super().__init__(f"{len(errors)} of {len(results)} requests failed in a step: {first}")
+        self.results = results
+        self.errors = errors
+
+
 class StepBackend(Protocol):
-    """What policies see of a backend: a config, caches, and `step`."""
+    """What policies see of a backend: a config, caches, and `step` (which returns every result, or
+    raises PartialStepError for requests that failed alone, or raises another error having written nothing)."""
 
     config: NLDConfig
     has_adapter: bool
@@ -61,6 +76,14 @@ class StepBackend(Protocol):
     def new_cache(self, capacity: int) -> KVCache: ...
 
     def step(self, requests: list[StepRequest]) -> list[StepResult]: ...
+
+
+def step_one(backend: StepBackend, request: StepRequest) -> StepResult:
+    """Run a step of one request; its own failure is raised as itself."""
+    try:
+        return backend.step([request])[0]
+    except PartialStepError as failures:
+        raise failures.errors[0] from None
 
 
 def causal(steps: int) -> torch.Tensor:

@@ -62,5 +62,11 @@ class NLDTokenizer:
         rendered = self.apply_chat_template(text) if chat else text
         return self.tokenizer.encode(rendered, add_special_tokens=not (chat and self.chat_template)).ids
 
+    def longest_token_bytes(self) -> int:
+        """UTF-8 bytes of the longest vocabulary entry (added tokens included): no token covers more text
+        (byte-level entries spell one byte per character, so this over-counts them, never under)."""
+        vocabulary = self.tokenizer.get_vocab(with_added_tokens=True)
+        return max((len(token.encode("utf-8")) for token in vocabulary), default=1)
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -8,7 +8,7 @@ import torch
 from nld.config import NLDConfig
 from nld.kv_cache import KV, KVCache
 from nld.sampling import select_tokens
-from nld.step import StepRequest, StepResult, additive_bias
+from nld.step import PartialStepError, StepRequest, StepResult, additive_bias
 
 
 def attention_bias(requests: list[StepRequest], prefix: int, steps: int, device: torch.device) -> torch.Tensor:
@@ -79,15 +79,26 @@ class PaddedBatchBackend:
         outputs, presents = self._forward(
             input_ids, positions, bias, self._batched_past(requests, prefix), adapters.pop()
         )
-        results = []
+        results: list[StepResult | None] = []
+        errors: dict[int, Exception] = {}
         for row, request in enumerate(requests):
-            count = request.token_ids.shape[0]
-            own = outputs[row, :count]  # rows index the request's own tokens, not the padded batch
-            wanted = own if request.rows is None else own[request.rows.to(own.device)]
-            logits = self._to_logits(wanted)
-            ids, confidence = select_tokens(logits, request.sampler)
-            if request.write_cache:
-                request.cache.append([(k[row, :, :count], v[row, :, :count]) for k, v in presents])
-            # Results live on the host: policies are device-agnostic and read a few ids per token.
-            results.append(StepResult(ids.cpu(), confidence.cpu(), logits.cpu() if request.return_logits else None))
-        return results
+            try:  # one request's selection or cache write failing must not fail the others
+                results.append(self._result(request, row, outputs, presents))
+            except Exception as error:
+                results.append(None)
+                errors[row] = error
+        if errors:
+            raise PartialStepError(results, errors)
+        return results  # type: ignore[return-value]
+
+    def _result(self, request: StepRequest, row: int, outputs: torch.Tensor, presents: list[KV]) -> StepResult:
+        """Select the tokens of one request's rows of a batched forward, and write its cache if asked."""
+        count = request.token_ids.shape[0]
+        own = outputs[row, :count]  # rows index the request's own tokens, not the padded batch
+        wanted = own if request.rows is None else own[request.rows.to(own.device)]
+        logits = self._to_logits(wanted)
+        ids, confidence = select_tokens(logits, request.sampler)
+        if request.write_cache:
+            request.cache.append([(k[row, :, :count], v[row, :, :count]) for k, v in presents])
+        # Results live on the host: policies are device-agnostic and read a few ids per token.
+        return StepResult(ids.cpu(), confidence.cpu(), logits.cpu() if request.return_logits else None)

@@ -1,10 +1,18 @@
 """The scheduler: admit requests into the KV pool, batch their pending steps, stream final tokens.
 
 Each request runs its mode's policy (a generator over the step seam). One engine step gathers the
-pending StepRequest of every running request and runs them as few forwards as the backend allows
-(one per adapter setting), then hands each result back to its policy. Whatever a policy emitted is
-final (accepted spans, committed blocks), so it is streamed to the request's listener at once.
-A request ends by finishing, failing, or being cancelled; in every case its KV lease goes back.
+pending StepRequest of every running request, groups them into forwards (one per adapter setting and
+step-width bucket, so a narrow step is never padded to a very wide one), runs the groups that are due,
+and hands each result back to its policy. Whatever a policy emitted is final (accepted spans,
+committed blocks), so it is streamed to the request's listener at once. A request ends by finishing,
+failing, or being cancelled; in every case its KV lease goes back.
+
+Isolation: a request that fails in a step (its sampling, its policy, its cache) fails alone; when a
+shared forward itself fails, its members are rerun one by one, so only the request at fault fails.
+Fairness: each request is charged its share of the seconds of the forwards it took part in; a group
+runs when its least-charged member is within one cheap forward of the least-charged request overall.
+An expensive request (a wide quadratic step, a long prefill) therefore runs less often, and the
+others keep roughly an equal share of the engine's time instead of waiting on every wide step.
 """
 
 from __future__ import annotations
@@ -19,13 +27,22 @@ from dataclasses import dataclass, field
 
 from nld.engine.kv_pool import KVLease, KVPool, PoolExhaustedError
 from nld.generate import cache_capacity
+from nld.limits import ParameterError, check_prompt_ids, check_request
 from nld.modes import MODES, Decoding, Generation, GenerationParams
 from nld.modes.base import Policy
-from nld.step import StepBackend, StepRequest
+from nld.step import PartialStepError, StepBackend, StepRequest, StepResult
 
 LOG = logging.getLogger("nld.engine")
 AUTO = "auto"
 SPECULATIVE_MODE = "linear-spec"
+SHARED_WIDTH = 64  # steps up to this many tokens share one forward; wider ones group by power of two
+COST_SMOOTHING = 0.5  # weight of the newest forward in a group's running cost estimate
+
+
+def width_bucket(tokens: int) -> int:
+    """The forward a step of `tokens` tokens joins: all steps up to SHARED_WIDTH share one, wider steps
+    share one with steps of the same power-of-two width."""
+    return max(SHARED_WIDTH, 1 << (tokens - 1).bit_length())
 
 
 @dataclass(frozen=True)
@@ -37,14 +54,6 @@ class EngineSettings:
     kv_blocks: int = 1024
     kv_block_tokens: int = 16
     auto_threshold: int = 4
-
-
-class RequestError(ValueError):
-    """A request the engine refuses; `field` names the offending parameter."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass
@@ -74,6 +83,7 @@ class _Running:
     policy: Policy | None = None
     pending: StepRequest | None = None
     sent: int = 0
+    charged: float = 0.0  # seconds of forwards this request is charged with, on the engine's fairness clock
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -92,6 +102,8 @@ class Engine:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stop = False
+        self._clock = 0.0  # the least charge of any running request, as of the last round
+        self._costs: dict[tuple[bool, int], float] = {}  # seconds per forward, by group
 
     # -- submission ---------------------------------------------------------------------------------
     def submit(
@@ -102,27 +114,20 @@ class Engine:
         listener: Listener,
         is_cancelled: Callable[[], bool] = lambda: False,
     ) -> str:
-        """Queue a request; raises RequestError (naming the parameter) for one that can never run."""
+        """Queue a request; raises ParameterError (naming the parameter) for one that can never run."""
         if mode != AUTO and mode not in MODES:
-            raise RequestError("mode", f"unknown mode '{mode}': choose one of {', '.join([*MODES, AUTO])}")
-        if not prompt_ids:
-            raise RequestError("prompt", "the prompt is empty")
-        vocab = self.backend.config.vocab_size
-        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
-            raise RequestError("prompt", f"prompt token ids must lie in [0, {vocab})")
-        context = self.backend.config.max_position_embeddings
-        if len(prompt_ids) + params.max_new_tokens > context:
-            raise RequestError(
-                "max_new_tokens",
-                f"prompt ({len(prompt_ids)} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds the "
-                f"model's context of {context} tokens",
-            )
-        request = _Running(f"r{next(self._ids)}", mode, list(prompt_ids), params, listener, is_cancelled)
+            raise ParameterError("mode", f"unknown mode '{mode}': choose one of {', '.join([*MODES, AUTO])}")
+        config = self.backend.config
+        check_prompt_ids(config, prompt_ids)
         candidates = (SPECULATIVE_MODE, "ar") if mode == AUTO else (mode,)
+        for name in candidates:
+            check_request(config, name, len(prompt_ids), params)
+        request = _Running(f"r{next(self._ids)}", mode, list(prompt_ids), params, listener, is_cancelled)
         try:
             self.pool.check_fits(max(self._capacity(request, name) for name in candidates))
         except PoolExhaustedError as error:
-            raise RequestError("max_new_tokens", str(error)) from None
+            field = "block_length" if params.block_length is not None else "max_new_tokens"
+            raise ParameterError(field, str(error)) from None
         with self._wake:
             self._incoming.append(request)
             self._wake.notify()
@@ -141,26 +146,61 @@ class Engine:
         return len(self._running)
 
     def step(self) -> None:
-        """Drop cancelled requests, admit waiting ones, run every pending step, stream what became final."""
+        """Drop cancelled requests, admit waiting ones, run the due forwards, stream what became final."""
         with self._wake:
             self._waiting.extend(self._incoming)
             self._incoming.clear()
         self._drop_cancelled()
         self._admit()
-        groups: dict[bool, list[_Running]] = {}
+        groups: dict[tuple[bool, int], list[_Running]] = {}
         for request in self._running:
             assert request.pending is not None
-            groups.setdefault(request.pending.adapter, []).append(request)
-        for members in groups.values():
-            try:
-                results = self.backend.step([member.pending for member in members])  # type: ignore[misc]
-            except Exception as error:  # the batch fails; the engine keeps serving
-                for member in members:
-                    self._finish(member, error=f"step failed: {error}")
-                continue
+            key = (request.pending.adapter, width_bucket(request.pending.token_ids.shape[0]))
+            groups.setdefault(key, []).append(request)
+        for key, members in self._due(groups).items():
+            self._run(key, members)
+
+    def _due(self, groups: dict[tuple[bool, int], list[_Running]]) -> dict[tuple[bool, int], list[_Running]]:
+        """The groups to run this round: those whose least-charged member is within the cheapest group's
+        cost of the least-charged request (the one holding the floor always runs)."""
+        if not groups:
+            return {}
+        self._clock = min(request.charged for request in self._running)
+        slack = min(self._costs.get(key, 0.0) for key in groups)
+        return {
+            key: members
+            for key, members in groups.items()
+            if min(member.charged for member in members) <= self._clock + slack
+        }
+
+    def _run(self, key: tuple[bool, int], members: list[_Running]) -> None:
+        """One forward for `members`; charge each its share of the time, then advance or fail each alone."""
+        began = time.perf_counter()
+        outcomes = self._outcomes(members)
+        seconds = time.perf_counter() - began
+        previous = self._costs.get(key)
+        self._costs[key] = seconds if previous is None else previous + COST_SMOOTHING * (seconds - previous)
+        for member, outcome in zip(members, outcomes, strict=True):
+            member.charged += seconds / len(members)
+            if isinstance(outcome, Exception):
+                self._finish(member, error=f"step failed: {type(outcome).__name__}: {outcome}")
+            else:
+                self._advance(member, outcome)
+
+    def _outcomes(self, members: list[_Running]) -> list[StepResult | Exception]:
+        """Each member's result or its own error. A shared forward that fails wrote no cache, so its
+        members are rerun alone: only the ones at fault fail."""
+        try:
+            results = self.backend.step([member.pending for member in members])  # type: ignore[misc]
+        except PartialStepError as failures:
             self.metrics["forwards"] += 1
-            for member, result in zip(members, results, strict=True):
-                self._advance(member, result)
+            return [failures.errors.get(i) or failures.results[i] for i in range(len(members))]  # type: ignore[misc]
+        except Exception as error:
+            if len(members) == 1:
+                return [error]
+            return [outcome for member in members for outcome in self._outcomes([member])]
+        self.metrics["forwards"] += 1
+        return list(results)
 
     def _drop_cancelled(self) -> None:
         for request in [*self._waiting, *self._running]:
@@ -179,6 +219,7 @@ class Engine:
                 return  # wait for running requests to return KV blocks
             self._waiting.popleft()
             request.lease = lease
+            request.charged = min((running.charged for running in self._running), default=self._clock)
             backend = self.backend
             try:
                 request.decoding = Decoding(

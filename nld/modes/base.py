@@ -15,8 +15,9 @@ import torch
 
 from nld.config import NLDConfig
 from nld.kv_cache import KVCache
+from nld.limits import BOUNDS, check_fields, check_prompt_ids
 from nld.sampling import Sampler, seeded_generator
-from nld.step import StepBackend, StepRequest, StepResult
+from nld.step import StepBackend, StepRequest, StepResult, step_one
 
 Policy = Generator[StepRequest, StepResult, None]
 
@@ -40,12 +41,8 @@ class GenerationParams:
     reference_semantics: bool = False
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.block_length is not None and self.block_length < 1:
-            raise ValueError(f"block_length must be >= 1, got {self.block_length}")
-        if self.threshold is not None and not 0 <= self.threshold <= 1:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        """Every field within its bounds (nld.limits), or a ParameterError naming the field."""
+        check_fields({name: getattr(self, name) for name in BOUNDS}, self.eos_token_ids)
 
 
 @dataclass
@@ -85,10 +82,7 @@ class Decoding:
         mode: str,
         has_adapter: bool,
     ) -> None:
-        if not prompt_ids:
-            raise ValueError("the prompt must hold at least one token")
-        if max(prompt_ids) >= config.vocab_size or min(prompt_ids) < 0:
-            raise ValueError(f"prompt token ids must lie in [0, {config.vocab_size})")
+        check_prompt_ids(config, prompt_ids)
         self.config = config
         self.params = params
         self.cache = cache
@@ -167,7 +161,7 @@ def run_policy(backend: StepBackend, decoding: Decoding, policy: PolicyFactory) 
     try:
         request = next(steps)
         while True:
-            request = steps.send(backend.step([request])[0])
+            request = steps.send(step_one(backend, request))
     except StopIteration:
         pass
     decoding.state.seconds = time.perf_counter() - started

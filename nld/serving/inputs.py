@@ -2,7 +2,8 @@
 
 Names and types follow TensorRT-LLM's Triton conventions (`text_input`, `max_tokens`, `stream`,
 `temperature`, `top_p`, `seed`, `end_id`), plus ours (`mode`, `block_length`, `threshold`). Every
-input but `text_input` is optional. Errors name the offending input.
+input but `text_input` is optional. Errors name the offending input; the bounds of the generation
+parameters are nld.limits', checked by GenerationParams as on every other path.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from nld.engine.scheduler import AUTO
+from nld.limits import ParameterError
 from nld.modes import MODES, GenerationParams
 
 REQUEST_MODES = (*MODES, AUTO)
@@ -27,9 +29,29 @@ class InputError(ValueError):
         self.name = name
 
 
+# Engine and GenerationParams field names -> the Triton input that carries them.
+FIELD_TO_INPUT = {
+    "prompt": "text_input",
+    "max_new_tokens": "max_tokens",
+    "eos_token_ids": "end_id",
+    "mode": "mode",
+    "block_length": "block_length",
+    "threshold": "threshold",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+}
+
+
+def input_error(error: ParameterError) -> InputError:
+    """A parameter error under the name of the Triton input that carries the field."""
+    return InputError(FIELD_TO_INPUT.get(error.field, error.field), error.problem)
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """One request tensor: its Triton type, how to read its scalar, and a check that returns an error or None."""
+    """One request tensor: its Triton type, how to read its scalar, and a check that returns an error or None.
+    Numeric bounds are not here: GenerationParams checks them (nld.limits), for every front end alike."""
 
     triton_type: str
     read: Callable[[np.ndarray], Any]
@@ -38,7 +60,12 @@ class InputSpec:
 
 def _text(array: np.ndarray) -> str:
     value = array.reshape(-1)[0]
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"is not valid UTF-8: byte {value[error.start]:#04x} at offset {error.start}") from None
 
 
 def _int(array: np.ndarray) -> int:
@@ -53,27 +80,19 @@ def _bool(array: np.ndarray) -> bool:
     return bool(array.reshape(-1)[0])
 
 
-def _positive(value: int) -> str | None:
-    return None if value > 0 else f"must be > 0, got {value}"
-
-
-def _unit_interval(value: float) -> str | None:
-    return None if 0.0 <= value <= 1.0 else f"must lie in [0, 1], got {value}"
-
-
 INPUTS: dict[str, InputSpec] = {
     "text_input": InputSpec("TYPE_STRING", _text, lambda v: None if v.strip() else "the prompt is empty"),
-    "max_tokens": InputSpec("TYPE_INT32", _int, _positive),
+    "max_tokens": InputSpec("TYPE_INT32", _int),
     "stream": InputSpec("TYPE_BOOL", _bool),
-    "temperature": InputSpec("TYPE_FP32", _float, lambda v: None if v >= 0 else f"must be >= 0, got {v}"),
-    "top_p": InputSpec("TYPE_FP32", _float, lambda v: None if 0 < v <= 1 else f"must lie in (0, 1], got {v}"),
+    "temperature": InputSpec("TYPE_FP32", _float),
+    "top_p": InputSpec("TYPE_FP32", _float),
     "seed": InputSpec("TYPE_UINT64", _int),
-    "end_id": InputSpec("TYPE_INT32", _int, lambda v: None if v >= 0 else f"must be >= 0, got {v}"),
+    "end_id": InputSpec("TYPE_INT32", _int),
     "mode": InputSpec(
         "TYPE_STRING", _text, lambda v: None if v in REQUEST_MODES else f"unknown mode '{v}': one of {REQUEST_MODES}"
     ),
-    "block_length": InputSpec("TYPE_INT32", _int, _positive),
-    "threshold": InputSpec("TYPE_FP32", _float, _unit_interval),
+    "block_length": InputSpec("TYPE_INT32", _int),
+    "threshold": InputSpec("TYPE_FP32", _float),
 }
 REQUIRED = ("text_input",)
 
@@ -86,8 +105,19 @@ class ServeRequest:
     params: GenerationParams
 
 
-def parse_inputs(tensors: Mapping[str, np.ndarray | None], default_mode: str, default_max_tokens: int) -> ServeRequest:
-    """Read and check every known input present in `tensors` (absent inputs map to None or are missing)."""
+def _byte_length(array: np.ndarray) -> int:
+    value = array.reshape(-1)[0]
+    return len(value) if isinstance(value, bytes) else len(str(value).encode("utf-8"))
+
+
+def parse_inputs(
+    tensors: Mapping[str, np.ndarray | None],
+    default_mode: str,
+    default_max_tokens: int,
+    max_prompt_bytes: int | None = None,
+) -> ServeRequest:
+    """Read and check every known input present in `tensors` (absent inputs map to None or are missing).
+    A prompt longer than `max_prompt_bytes` is refused before it is decoded or tokenized."""
     values: dict[str, Any] = {}
     for name, spec in INPUTS.items():
         array = tensors.get(name)
@@ -97,18 +127,29 @@ def parse_inputs(tensors: Mapping[str, np.ndarray | None], default_mode: str, de
             continue
         if array.size != 1:
             raise InputError(name, f"expected one value, got shape {tuple(array.shape)}")
-        value = spec.read(array)
+        if name == "text_input" and max_prompt_bytes is not None and _byte_length(array) > max_prompt_bytes:
+            raise InputError(
+                name, f"{_byte_length(array)} bytes exceed the {max_prompt_bytes} bytes any prompt that fits the "
+                "model's context can have"
+            )
+        try:
+            value = spec.read(array)
+        except (ValueError, OverflowError) as error:
+            raise InputError(name, str(error)) from None
         problem = spec.check(value)
         if problem:
             raise InputError(name, problem)
         values[name] = value
-    params = GenerationParams(
-        max_new_tokens=values.get("max_tokens", default_max_tokens),
-        block_length=values.get("block_length"),
-        threshold=values.get("threshold"),
-        temperature=values.get("temperature", 0.0),
-        top_p=values.get("top_p", 1.0),
-        seed=values.get("seed"),
-        eos_token_ids=(values["end_id"],) if "end_id" in values else None,
-    )
+    try:
+        params = GenerationParams(
+            max_new_tokens=values.get("max_tokens", default_max_tokens),
+            block_length=values.get("block_length"),
+            threshold=values.get("threshold"),
+            temperature=values.get("temperature", 0.0),
+            top_p=values.get("top_p", 1.0),
+            seed=values.get("seed"),
+            eos_token_ids=(values["end_id"],) if "end_id" in values else None,
+        )
+    except ParameterError as error:
+        raise input_error(error) from None
     return ServeRequest(values["text_input"], values.get("mode", default_mode), values.get("stream", True), params)

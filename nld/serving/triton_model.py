@@ -14,14 +14,11 @@ from typing import Any
 import numpy as np
 
 from nld.engine import Engine, EngineSettings, Update
-from nld.engine.scheduler import RequestError
 from nld.generate import load_backend
+from nld.limits import ParameterError, max_prompt_bytes
 from nld.serving.detokenize import IncrementalText
-from nld.serving.inputs import INPUTS, InputError, parse_inputs
+from nld.serving.inputs import INPUTS, InputError, input_error, parse_inputs
 from nld.tokenizer import NLDTokenizer
-
-# Engine errors name engine parameters; clients know the Triton input names.
-ENGINE_FIELD_TO_INPUT = {"prompt": "text_input", "max_new_tokens": "max_tokens", "mode": "mode"}
 
 METRICS = {  # name: (kind, description)
     "nld_requests_total": ("COUNTER", "requests started, by decoding mode"),
@@ -57,6 +54,8 @@ class TritonPythonModel:
         if tokenizer is None:
             raise pb_utils.TritonModelException(f"{model_dir}: no tokenizer.json; the server takes text prompts")
         self.tokenizer = tokenizer
+        context = backend.config.max_position_embeddings
+        self.max_prompt_bytes = max_prompt_bytes(context, tokenizer.longest_token_bytes())
         settings = EngineSettings(
             max_batch=int(parameters["max_batch"]),
             kv_blocks=int(parameters["kv_blocks"]),
@@ -93,7 +92,7 @@ class TritonPythonModel:
             for name in INPUTS:
                 tensor = self.pb.get_input_tensor_by_name(request, name)
                 tensors[name] = None if tensor is None else tensor.as_numpy()
-            parsed = parse_inputs(tensors, self.default_mode, self.default_max_tokens)
+            parsed = parse_inputs(tensors, self.default_mode, self.default_max_tokens, self.max_prompt_bytes)
             prompt_ids = self.tokenizer.encode_prompt(parsed.text)
             text = IncrementalText(self.tokenizer.decode)
             pending: list[int] = []
@@ -104,10 +103,8 @@ class TritonPythonModel:
             self.engine.submit(prompt_ids, parsed.mode, parsed.params, listen, request.is_cancelled)
         except InputError as error:
             sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(str(error))), flags=final)
-        except RequestError as error:
-            name = ENGINE_FIELD_TO_INPUT.get(error.field, error.field)
-            message = f"input '{name}': {error}"
-            sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(message)), flags=final)
+        except ParameterError as error:  # the engine's model-dependent bounds, under the input's name
+            sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(str(input_error(error)))), flags=final)
         except Exception as error:  # a request the engine refuses must not take the model down
             sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(f"request refused: {error}")), flags=final)
 

@@ -100,7 +100,7 @@ def test_cli_json_matches_library(mode: str, capsys: pytest.CaptureFixture[str])
         (["--prompt", "hello"], "no tokenizer.json"),
         (["--prompt-ids", "1,2", "--device", "cuda:7"], "no CUDA device"),
         (["--prompt-ids", "1,2", "--dtype", "int8"], "unknown dtype 'int8'"),
-        (["--prompt-ids", "1,2", "--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+        (["--prompt-ids", "1,2", "--max-new-tokens", "0"], "max_new_tokens: must lie in [1, 2147483647], got 0"),
     ],
 )
 def test_cli_errors_are_one_line(extra: list[str], message: str) -> None:

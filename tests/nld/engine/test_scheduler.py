@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from nld.engine import Engine, EngineSettings, Update
-from nld.engine.scheduler import RequestError
 from nld.generate import generate
+from nld.limits import ParameterError
 from nld.modes import MODES, GenerationParams
 from tests.nld.helpers import backend_for
 
@@ -130,14 +130,14 @@ def test_auto_speculates_when_idle_and_runs_ar_under_load() -> None:
 )
 def test_bad_requests_name_the_parameter(prompt: list[int], mode: str, params: GenerationParams, field: str) -> None:
     engine = Engine(backend_for(CASE))
-    with pytest.raises(RequestError) as raised:
+    with pytest.raises(ParameterError) as raised:
         engine.submit(prompt, mode, params, lambda update: None)
     assert raised.value.field == field and not engine.busy
 
 
 def test_a_request_larger_than_the_pool_is_refused() -> None:
     engine = Engine(backend_for(CASE), EngineSettings(kv_blocks=2, kv_block_tokens=16))
-    with pytest.raises(RequestError, match="the pool holds 32") as raised:
+    with pytest.raises(ParameterError, match="the pool holds 32") as raised:
         engine.submit([5, 6, 7], "ar", GenerationParams(64), lambda update: None)
     assert raised.value.field == "max_new_tokens"
 

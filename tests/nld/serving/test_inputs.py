@@ -40,11 +40,29 @@ def test_defaults_and_values() -> None:
         ({"text_input": b"x", "threshold": 1.5}, "threshold"),
         ({"text_input": b"x", "block_length": 0}, "block_length"),
         ({"text_input": b"x", "top_p": 0.0}, "top_p"),
+        ({"text_input": b"x", "temperature": np.float32(np.inf)}, "temperature"),
+        ({"text_input": b"x", "temperature": np.float32(np.nan)}, "temperature"),
+        ({"text_input": b"x", "threshold": np.float32(np.nan)}, "threshold"),
+        ({"text_input": b"x", "block_length": np.int32(2**31 - 1)}, "block_length"),
+        ({"text_input": b"x", "end_id": -1}, "end_id"),
+        ({"text_input": b"caf\xff"}, "text_input"),
+        ({"text_input": b"x", "mode": b"\xfe"}, "mode"),
     ],
 )
 def test_bad_inputs_are_named(values: dict, name: str) -> None:
     with pytest.raises(InputError, match=f"input '{name}'"):
         parse_inputs(tensors(**values), "ar", 16)
+
+
+def test_invalid_utf8_names_the_input_and_the_byte() -> None:
+    with pytest.raises(InputError, match=r"input 'text_input': is not valid UTF-8: byte 0xff at offset 3"):
+        parse_inputs(tensors(text_input=b"caf\xff"), "ar", 16)
+
+
+def test_a_prompt_over_the_byte_cap_is_refused_before_decoding() -> None:
+    parse_inputs(tensors(text_input=b"x" * 100), "ar", 16, max_prompt_bytes=100)
+    with pytest.raises(InputError, match="input 'text_input': 101 bytes exceed the 100 bytes"):
+        parse_inputs(tensors(text_input=b"x" * 100 + b"\xff"), "ar", 16, max_prompt_bytes=100)
 
 
 def test_one_value_per_input() -> None:
