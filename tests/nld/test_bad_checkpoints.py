@@ -216,9 +216,9 @@ def test_nld_build_refuses_nonfinite_weights_naming_the_tensor(
 def test_generate_warns_once_on_nonfinite_weights_and_still_runs(tmp_path: Path) -> None:
     model = _copy(tmp_path)
     _poison(model / "model.safetensors", "encoder.layers.0.self_attn.q_proj.weight", float("inf"))
+    argv = ["generate", "--model", str(model), "--mode", "ar", "--prompt-ids", "1,2", "--max-new-tokens", "3"]
     run = subprocess.run(
-        [sys.executable, "-m", "nld.cli", "generate", "--model", str(model), "--mode", "ar", "--prompt-ids", "1,2"]
-        + ["--max-new-tokens", "3", "--json"],
+        [sys.executable, "-m", "nld.cli", *argv, "--json"],
         capture_output=True,
         text=True,
         check=False,
