@@ -1,4 +1,9 @@
-"""`nld-build`: the target matrix, build plans, and builds (a thin wrapper over nld.builder.pipeline)."""
+"""`nld-build`: the target matrix, build plans, and builds (a thin wrapper over nld.builder.pipeline).
+
+SIGINT / SIGTERM stop every stage (builder/interrupts.py): one line, exit 130 / 143, nothing written.
+The heavy modules (torch, the pipeline) are imported after the handlers are installed, so a stop during
+start-up is handled the same way.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nld.builder.pipeline import BuildRequest, build
-from nld.builder.plan import make_plan, plan_table
+from nld.builder.interrupts import Interrupted, stop_on_signals
 from nld.builder.skus import PRECISIONS, SKUS, get_sku, targets_table
-from nld.config import load_config
 from nld.errors import NLDError
 from nld.models import default_model_dir
-from nld.modes import MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nld.modes import MODES
+
     parser = argparse.ArgumentParser(prog="nld-build", description="Build an NLD model for a GPU SKU")
     parser.add_argument("--list-targets", action="store_true", help="print the target x precision matrix")
     parser.add_argument("--model", help="Hugging Face NLD checkpoint folder (default: the built-in tiny model)")
@@ -41,44 +45,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(args: argparse.Namespace) -> int:
+    from nld.builder.pipeline import BuildRequest, build
+    from nld.builder.plan import make_plan, plan_table
+    from nld.config import load_config
+
+    if args.list_targets:
+        print(targets_table())
+        return 0
+    missing = [f"--{name}" for name in ("target", "precision") if getattr(args, name) is None]
+    if missing:
+        raise NLDError(f"{', '.join(missing)} required (or --list-targets)")
+    model = Path(args.model) if args.model else default_model_dir()
+    sku = get_sku(args.target)
+    if args.dry_run:
+        plan = make_plan(load_config(model), sku, args.precision, args.max_context, args.memory_fraction)
+        print(json.dumps(plan.as_dict(), indent=2) if args.json else plan_table(plan))
+        return 0
+    if args.output is None:
+        raise NLDError("--output required (or --dry-run)")
+    request = BuildRequest(
+        model,
+        args.target,
+        args.precision,
+        args.output,
+        args.tp,
+        args.max_batch,
+        args.max_context,
+        args.force,
+        tuple(mode.strip() for mode in args.modes.split(",") if mode.strip()),
+        args.max_prefill,
+        args.calib,
+        args.samples,
+        args.kv_cache,
+    )
+    print(build(request, log=lambda line: print(line, file=sys.stderr)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `nld-build` console script."""
-    args = build_parser().parse_args(argv)
-    try:
-        if args.list_targets:
-            print(targets_table())
-            return 0
-        missing = [f"--{name}" for name in ("target", "precision") if getattr(args, name) is None]
-        if missing:
-            raise NLDError(f"{', '.join(missing)} required (or --list-targets)")
-        model = Path(args.model) if args.model else default_model_dir()
-        sku = get_sku(args.target)
-        if args.dry_run:
-            plan = make_plan(load_config(model), sku, args.precision, args.max_context, args.memory_fraction)
-            print(json.dumps(plan.as_dict(), indent=2) if args.json else plan_table(plan))
-            return 0
-        if args.output is None:
-            raise NLDError("--output required (or --dry-run)")
-        request = BuildRequest(
-            model,
-            args.target,
-            args.precision,
-            args.output,
-            args.tp,
-            args.max_batch,
-            args.max_context,
-            args.force,
-            tuple(mode.strip() for mode in args.modes.split(",") if mode.strip()),
-            args.max_prefill,
-            args.calib,
-            args.samples,
-            args.kv_cache,
-        )
-        print(build(request, log=lambda line: print(line, file=sys.stderr)))
-        return 0
-    except (NLDError, ValueError) as error:
-        print(f"nld-build: error: {error}", file=sys.stderr)
-        return 2
+    output = None
+    with stop_on_signals():
+        try:
+            args = build_parser().parse_args(argv)
+            output = args.output
+            return _run(args)
+        except (NLDError, ValueError) as error:
+            print(f"nld-build: error: {error}", file=sys.stderr)
+            return 2
+        except Interrupted as stop:
+            where = f" to {output}" if output is not None else ""
+            print(f"nld-build: interrupted ({stop.name}); nothing written{where}", file=sys.stderr, flush=True)
+            return stop.exit_code
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from nld.builder import interrupts
 from nld.builder.engine_stage import check_engine_runtime, engine_stage, onnx_stage
 from nld.builder.plan import BuildPlan, make_plan
 from nld.builder.profiles import EngineProfile, engine_profiles
@@ -209,6 +210,7 @@ def build(request: BuildRequest, log: Log = print) -> Path:
             "seconds": round(time.perf_counter() - started, 3),
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        interrupts.finishing()  # complete: a stop signal from here on no longer cuts the rename short
     for stage in stages:
         state = "built" if stage.built else "NOT built"
         log(f"  {stage.name}: {state}" + (f" ({stage.reason})" if stage.reason else ""))

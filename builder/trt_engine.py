@@ -25,6 +25,7 @@ from types import ModuleType
 
 from tqdm import tqdm
 
+from nld.builder import interrupts
 from nld.builder.profiles import EngineProfile
 from nld.errors import NLDError
 
@@ -132,7 +133,7 @@ def _make_logger(trt: ModuleType, sink: list[str], errors: list[str]) -> object:
 
 def _make_progress(trt: ModuleType, label: str) -> object:
     class Progress(trt.IProgressMonitor):  # type: ignore[name-defined,misc]
-        """Top-level builder phases as a progress bar."""
+        """Top-level builder phases as a progress bar; cancels the build once a stop was requested."""
 
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
@@ -143,9 +144,10 @@ def _make_progress(trt: ModuleType, label: str) -> object:
                 self.bar = tqdm(total=num_steps, desc=f"{label}: {phase_name}", leave=False, unit="step")
 
         def step_complete(self, phase_name: str, step: int) -> bool:
+            """False cancels the build: how a stop signal reaches the native builder."""
             if self.bar is not None and self.bar.desc.endswith(phase_name):
                 self.bar.update(1)
-            return True
+            return interrupts.requested() is None
 
         def phase_finish(self, phase_name: str) -> None:
             if self.bar is not None and self.bar.desc.endswith(phase_name):
@@ -153,6 +155,55 @@ def _make_progress(trt: ModuleType, label: str) -> object:
                 self.bar = None
 
     return Progress()
+
+
+def _serialize(
+    trt: ModuleType,
+    logger: object,
+    errors: list[str],
+    onnx_path: Path,
+    engine_path: Path,
+    runtime: EngineRuntime,
+    targets: list[str],
+    profiles: list[EngineProfile],
+) -> bytes:
+    """Parse, configure and build; the engine's bytes."""
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        problems = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)] or errors
+        raise EngineBuildError(f"engine stage, ONNX parse of {onnx_path.name}: " + "; ".join(problems))
+    if network.num_inputs == 0 or network.num_outputs == 0:  # the parser accepts any bytes as an empty graph
+        raise EngineBuildError(
+            f"engine stage, ONNX parse of {onnx_path.name}: no inputs or outputs in the graph (not an ONNX model?)"
+        )
+    config = builder.create_builder_config()
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if hasattr(trt.BuilderFlag, "TF32"):  # fp32 graphs compute in fp32 (the precision comes from the ONNX)
+        config.clear_flag(trt.BuilderFlag.TF32)
+    config.progress_monitor = _make_progress(trt, engine_path.name)
+    if runtime.explicit_targets:
+        unknown = [t for t in targets if not hasattr(trt.ComputeCapability, t)]
+        if unknown or not targets:
+            known = [n for n in dir(trt.ComputeCapability) if n.startswith("SM")]
+            raise EngineBuildError(f"engine stage: targets {unknown or targets} unknown to {runtime.name} ({known})")
+        config.num_compute_capabilities = len(targets)
+        for index, target in enumerate(targets):
+            config.set_compute_capability(getattr(trt.ComputeCapability, target), index)
+    network_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+    for profile in profiles:
+        missing = sorted(network_inputs - set(profile.shapes))
+        if missing:
+            raise EngineBuildError(f"engine stage: profile '{profile.name}' has no shapes for inputs {missing}")
+        optimization = builder.create_optimization_profile()
+        for name, shapes in profile.shapes.items():
+            optimization.set_shape(name, shapes.min, shapes.opt, shapes.max)
+        config.add_optimization_profile(optimization)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"engine stage, build of {engine_path.name}: " + ("; ".join(errors) or "failed"))
+    return bytes(serialized)
 
 
 def build_engine(
@@ -173,44 +224,10 @@ def build_engine(
     logger = _make_logger(trt, lines, errors)
     log_path = engine_path.with_suffix(".build.log")
     try:
-        builder = trt.Builder(logger)
-        network = builder.create_network(0)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(onnx_path)):
-            problems = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)] or errors
-            raise EngineBuildError(f"engine stage, ONNX parse of {onnx_path.name}: " + "; ".join(problems))
-        if network.num_inputs == 0 or network.num_outputs == 0:  # the parser accepts any bytes as an empty graph
-            raise EngineBuildError(
-                f"engine stage, ONNX parse of {onnx_path.name}: no inputs or outputs in the graph (not an ONNX model?)"
-            )
-        config = builder.create_builder_config()
-        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-        if hasattr(trt.BuilderFlag, "TF32"):  # fp32 graphs compute in fp32 (the precision comes from the ONNX)
-            config.clear_flag(trt.BuilderFlag.TF32)
-        config.progress_monitor = _make_progress(trt, engine_path.name)
-        if runtime.explicit_targets:
-            unknown = [t for t in targets if not hasattr(trt.ComputeCapability, t)]
-            if unknown or not targets:
-                known = [n for n in dir(trt.ComputeCapability) if n.startswith("SM")]
-                raise EngineBuildError(
-                    f"engine stage: targets {unknown or targets} unknown to {runtime.name} ({known})"
-                )
-            config.num_compute_capabilities = len(targets)
-            for index, target in enumerate(targets):
-                config.set_compute_capability(getattr(trt.ComputeCapability, target), index)
-        network_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
-        for profile in profiles:
-            missing = sorted(network_inputs - set(profile.shapes))
-            if missing:
-                raise EngineBuildError(f"engine stage: profile '{profile.name}' has no shapes for inputs {missing}")
-            optimization = builder.create_optimization_profile()
-            for name, shapes in profile.shapes.items():
-                optimization.set_shape(name, shapes.min, shapes.opt, shapes.max)
-            config.add_optimization_profile(optimization)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise EngineBuildError(f"engine stage, build of {engine_path.name}: " + ("; ".join(errors) or "failed"))
-        engine = bytes(serialized)
+        # Held: the builder calls back into Python (logger, progress), where a signal must not raise; a
+        # stop request cancels the build through the progress monitor and leaving raises Interrupted.
+        with interrupts.held():
+            engine = _serialize(trt, logger, errors, onnx_path, engine_path, runtime, targets, profiles)
     except NLDError:
         raise
     except Exception as error:  # the bindings raise plain Python errors (bad shapes, bad enums)
