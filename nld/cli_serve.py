@@ -99,11 +99,22 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         args.repository, args.host, args.grpc_port, args.http_port, args.metrics_port, args.tritonserver
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    serving, stop = threading.Event(), threading.Event()
+
+    def on_sigterm(*_: object) -> None:
+        if not serving.is_set():  # still starting: stop as on Ctrl-C
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     server = TritonServer(settings)
     print(f"starting tritonserver on {args.repository} ...", file=sys.stderr)
-    server.start(args.timeout)
+    try:
+        server.start(args.timeout)
+    except KeyboardInterrupt:  # start() stopped it
+        print("tritonserver stopped", file=sys.stderr)
+        return 130
+    serving.set()
     try:
         http = f"{settings.host}:{settings.http_port}"
         print(f"ready: gRPC {settings.grpc_url}  HTTP {http}  metrics {settings.metrics_url}", flush=True)

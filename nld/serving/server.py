@@ -3,24 +3,31 @@
 The binary comes from the nvidia-pytriton wheel (or `--tritonserver` / $NLD_TRITONSERVER). Its Python
 backend needs a stub built for this interpreter's Python version, the interpreter's libpython on
 LD_LIBRARY_PATH, and this environment's bin first on PATH so the stub imports our packages.
+
+Nothing outlives the wrapper: tritonserver runs as a BoundProcess (it gets SIGTERM from the kernel when
+the wrapper dies, even by SIGKILL, and a guard then kills its stubs), and a dead run's scratch folder
+and shared memory go at the next start.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from nld.errors import NLDError
+from nld.serving.lifetime import BoundProcess
 from nld.serving.repository import MODEL_NAME
+from nld.serving.scratch import add_owner, owned_tempdir, remove_stale
+
+WORKDIR_PREFIX = "nld-serve-"  # the scratch folder in the temp dir; also names its shared memory
+SHM_DIR = Path("/dev/shm")
 
 
 @dataclass(frozen=True)
@@ -103,16 +110,33 @@ def server_environment() -> dict[str, str]:
     return env
 
 
+def remove_run_files(workdir: Path) -> None:
+    """A stopped run's scratch folder and the Python-backend shared memory named after it."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    for region in SHM_DIR.glob(f"{workdir.name}_*"):
+        region.unlink(missing_ok=True)
+
+
+def remove_stale_runs() -> list[Path]:
+    """Delete the scratch folders and shared memory of runs whose wrapper and tritonserver are both
+    gone (a SIGKILL leaves them); returns the folders. Live runs are left alone."""
+    removed = remove_stale(WORKDIR_PREFIX)
+    for folder in removed:
+        remove_run_files(folder)
+    return removed
+
+
 class TritonServer:
     """A running tritonserver process; use as a context manager or call start()/stop()."""
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.process: subprocess.Popen[bytes] | None = None
-        self._workdir: tempfile.TemporaryDirectory[str] | None = None
+        self._bound: BoundProcess | None = None
+        self._workdir: Path | None = None
         self.log_path: Path | None = None
 
-    def command(self, backends: Path) -> list[str]:
+    def command(self, backends: Path, shm_prefix: str = "triton_python_backend_shm_region_") -> list[str]:
         s = self.settings
         return [
             str(find_tritonserver(s.tritonserver)),
@@ -125,6 +149,7 @@ class TritonServer:
             f"--metrics-address={s.host}",
             f"--metrics-port={s.metrics_port}",
             "--allow-gpu-metrics=false",
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
             f"--log-verbose={s.log_verbose}",
         ]
 
@@ -136,15 +161,25 @@ class TritonServer:
                 f"{repository}: not a model repository (no {MODEL_NAME}/config.pbtxt); write one with nld repo"
             )
         binary = find_tritonserver(self.settings.tritonserver)
-        self._workdir = tempfile.TemporaryDirectory(prefix="nld-serve-")
-        workdir = Path(self._workdir.name)
-        backends = prepare_backends(binary, workdir)
-        self.log_path = workdir / "tritonserver.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                self.command(backends), stdout=log, stderr=subprocess.STDOUT, env=server_environment()
-            )
-        self._wait_ready(timeout)
+        remove_stale_runs()
+        self._workdir = workdir = owned_tempdir(WORKDIR_PREFIX)
+        try:
+            backends = prepare_backends(binary, workdir)
+            self.log_path = workdir / "tritonserver.log"
+            with open(self.log_path, "wb") as log:
+                self._bound = BoundProcess(
+                    self.command(backends, f"{workdir.name}_"),
+                    stdin=subprocess.DEVNULL,  # its own process group: a terminal read would stop it
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=server_environment(),
+                )
+            self.process = self._bound.process
+            add_owner(workdir, self.process.pid)  # the folder stays while tritonserver may use it
+            self._wait_ready(timeout)
+        except BaseException:  # a failed start, or Ctrl-C while the model loads
+            self.stop()
+            raise
         return self
 
     def _wait_ready(self, timeout: float) -> None:
@@ -175,17 +210,14 @@ class TritonServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (Triton's graceful shutdown; SIGINT may be ignored in background jobs), then SIGKILL."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """SIGTERM (Triton's graceful shutdown; SIGINT may be ignored in background jobs), then SIGKILL;
+        then whatever it left (stubs), its scratch folder."""
+        if self._bound is not None:
+            self._bound.stop(timeout)
+            self._bound = None
         self.process = None
         if self._workdir is not None:
-            self._workdir.cleanup()
+            remove_run_files(self._workdir)
             self._workdir = None
 
     def __enter__(self) -> TritonServer:
