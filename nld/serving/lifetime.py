@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from nld.owners import start_time
+
 PR_SET_PDEATHSIG = 1
 
 _spawner: ThreadPoolExecutor | None = None
@@ -140,18 +142,6 @@ def _exited(pid: int, timeout: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
-
-
-def start_time(pid: int) -> int | None:
-    """When `pid` started (clock ticks after boot, /proc/PID/stat field 22); None when it is gone or a
-    zombie. With the pid it names one process: a reused pid has a later start time."""
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            stat = file.read()
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
-        return None if fields[0] in ("Z", "X") else int(fields[19])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def guard(group: int, grace: float) -> None:

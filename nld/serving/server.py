@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nld.errors import NLDError
+from nld.owners import add_owner, owned_tempdir, remove_stale
 from nld.serving.lifetime import BoundProcess
 from nld.serving.repository import MODEL_NAME
-from nld.serving.scratch import add_owner, owned_tempdir, remove_stale
 
 WORKDIR_PREFIX = "nld-serve-"  # the scratch folder in the temp dir; also names its shared memory
 SHM_DIR = Path("/dev/shm")

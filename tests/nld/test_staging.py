@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from nld.models import default_model_dir
-from nld.staging import OWNER_FILE, process_identity, remove_dead_staging, staged_directory
+from nld.owners import OWNER_FILE, process_identity
+from nld.staging import remove_dead_staging, staged_directory
 
 NLD_BUILD = [sys.executable, "-c", "import sys; from nld.builder.cli import main; sys.exit(main())"]
 

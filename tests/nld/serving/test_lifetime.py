@@ -3,6 +3,7 @@ a spawn from a short-lived thread outlives the thread, and stale scratch folders
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,8 +12,8 @@ import threading
 import time
 from pathlib import Path
 
-from nld.serving.lifetime import BoundProcess, start_time
-from nld.serving.scratch import OWNER_FILE, add_owner, owned_tempdir, remove_stale
+from nld.owners import OWNER_FILE, add_owner, owned_tempdir, process_identity, remove_stale, start_time
+from nld.serving.lifetime import BoundProcess
 
 # A parent that starts `sh`, which starts a grandchild and waits: the kernel's death signal ends the
 # shell only, so the grandchild stands for tritonserver's stubs, which the guard must kill.
@@ -73,7 +74,7 @@ def test_remove_stale_removes_dead_owners_folders_only(tmp_path: Path) -> None:
     live = owned_tempdir("nld-test-", tmp_path)  # this process
     add_owner(live, ended.pid)  # a dead co-owner does not make it stale
     reused = owned_tempdir("nld-test-", tmp_path)  # our pid, but another process's start time
-    (reused / OWNER_FILE).write_text(f"{os.getpid()} {start_time(os.getpid()) - 1}\n")
+    (reused / OWNER_FILE).write_text(json.dumps({**process_identity(), "start": start_time(os.getpid()) - 1}) + "\n")
     unmarked = tmp_path / "nld-test-unmarked"
     unmarked.mkdir()
     assert remove_stale("nld-test-", tmp_path) == sorted([dead, reused])
