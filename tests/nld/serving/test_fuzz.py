@@ -218,7 +218,7 @@ def send(client: Any, case: Case) -> Reply:
         inputs.append(tensor)
     responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    reply = Reply()
+    reply, done = Reply(), False
     try:
         client.async_stream_infer(MODEL_NAME, inputs, request_id=uuid.uuid4().hex, enable_empty_final_response=True)
         while True:
@@ -228,7 +228,7 @@ def send(client: Any, case: Case) -> Reply:
                 reply.error = f"hang: no response within {CLIENT_TIMEOUT:.0f} s"
                 return reply
             if error is not None:
-                reply.error = error.message() if hasattr(error, "message") else str(error)
+                reply.error, done = error.message() if hasattr(error, "message") else str(error), True
                 return reply
             reply.responses += 1
             ids = result.as_numpy("output_ids")
@@ -238,9 +238,10 @@ def send(client: Any, case: Case) -> Reply:
                 reply.finish_reason = reason.reshape(-1)[0].decode("utf-8")
             parameters = result.get_response().parameters
             if "triton_final_response" in parameters and parameters["triton_final_response"].bool_param:
+                done = True
                 return reply
-    finally:
-        client.stop_stream()
+    finally:  # a stream stopped without cancelling waits for its request to end: cancel one still running
+        client.stop_stream(cancel_requests=not done)
 
 
 def named_inputs(error: str, faults: set[str]) -> set[str]:

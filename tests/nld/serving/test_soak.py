@@ -153,8 +153,25 @@ def run_job(client: NLDClient, url: str, job: Job) -> Outcome:
     return Outcome(job, result, seconds=time.monotonic() - began)
 
 
+def bounded(job: Job, url: str, seconds: float) -> Outcome:
+    """run_job in a daemon thread, failing the test if it has not returned within `seconds`: NLDClient's
+    timeout alone does not bound a call (after it, stopping the stream still waits for the request)."""
+    outcomes: list[Outcome] = []
+
+    def call() -> None:
+        with NLDClient(url) as client:
+            outcomes.append(run_job(client, url, job))
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(timeout=seconds)
+    assert outcomes, f"{job.kind}: no answer within {seconds:.0f} s"
+    return outcomes[0]
+
+
 class Soak:
-    """STREAMS closed-loop clients; hostile jobs are taken by whichever stream is free when each is due."""
+    """STREAMS closed-loop clients; hostile jobs are taken by whichever stream is free when each is due.
+    The streams are daemon threads joined with a deadline, so a hung call fails the test instead of hanging it."""
 
     def __init__(self, url: str, hostile: list[Job]) -> None:
         self.url = url
@@ -275,8 +292,7 @@ def test_soak_mixed_modes_with_hostile_requests(tiny_server: ServerSettings, loc
     assert len(good) >= STREAMS  # at least one good answer per stream on average
 
     job = Job("after", "def after_the_soak(x):", "quadratic-spec", 16)
-    with NLDClient(tiny_server.grpc_url) as client:  # still serving, exactly
-        after = run_job(client, tiny_server.grpc_url, job)
+    after = bounded(job, tiny_server.grpc_url, CLIENT_TIMEOUT)  # still serving, exactly
     expected = generate(backend, tokenizer.encode_prompt(str(job.prompt)), job.mode, GenerationParams(16)).new_ids
     assert check_outcome(after, expected, backend.config.vocab_size) is None, after
     metrics = wait_for_free_pool(tiny_server.metrics_url)
