@@ -95,6 +95,7 @@ class NLDClient:
         responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
         self.client.start_stream(callback=lambda result, error: responses.put((result, error)))
         result = ClientResult()
+        finished = False
         try:
             self.client.async_stream_infer(
                 MODEL_NAME,
@@ -131,11 +132,11 @@ class NLDClient:
                 if _is_final(response):
                     break
                 if cancel_after is not None and len(result.pieces) >= cancel_after:
-                    self.client.stop_stream(cancel_requests=True)
                     result.finish_reason = "cancelled"
                     return result
-        finally:
-            self.client.stop_stream()
+            finished = True
+        finally:  # a request given up on (timeout, error, exception) is cancelled, not waited for
+            self.client.stop_stream(cancel_requests=not finished)
         return result
 
 

@@ -96,6 +96,16 @@ def test_cancelled_request_stops_and_frees_kv(server: ServerSettings) -> None:
         assert len(client.generate(PROMPT, mode="ar", max_tokens=4).output_ids) == 4
 
 
+def test_a_client_timeout_cancels_the_request_instead_of_waiting_for_it(server: ServerSettings) -> None:
+    with NLDClient(server.grpc_url) as client:
+        began = time.monotonic()
+        with pytest.raises(NLDError, match="no response"):
+            client.generate(PROMPT, timeout=1.0, mode="diffusion", block_length=128, max_tokens=512, stream=False)
+        assert time.monotonic() - began < 5  # it waited 20 s for the whole request before
+    metrics = wait_for_idle_pool(server.metrics_url, timeout=30)
+    assert metrics["nld_kv_blocks_in_use"] == 0
+
+
 @pytest.mark.parametrize(
     ("text", "options", "name"),
     [
