@@ -9,10 +9,10 @@ failing, or being cancelled; in every case its KV lease goes back.
 
 Isolation: a request that fails in a step (its sampling, its policy, its cache) fails alone; when a
 shared forward itself fails, its members are rerun one by one, so only the request at fault fails.
-Fairness: each request is charged its share of the seconds of the forwards it took part in; a group
-runs when its least-charged member is within one cheap forward of the least-charged request overall.
-An expensive request (a wide quadratic step, a long prefill) therefore runs less often, and the
-others keep roughly an equal share of the engine's time instead of waiting on every wide step.
+Fairness (weighted fair queuing by measured time): each request is charged its share of the seconds
+of the forwards it took part in, and the groups that would finish first on that clock run first. An
+expensive request (a wide quadratic step, a long prefill) therefore runs less often, and the others
+keep about an equal share of the engine's time instead of waiting on every wide step.
 """
 
 from __future__ import annotations
@@ -161,17 +161,16 @@ class Engine:
             self._run(key, members)
 
     def _due(self, groups: dict[tuple[bool, int], list[_Running]]) -> dict[tuple[bool, int], list[_Running]]:
-        """The groups to run this round: those whose least-charged member is within the cheapest group's
-        cost of the least-charged request (the one holding the floor always runs)."""
+        """The groups to run this round, by virtual finish time: a group's tag is its least-charged
+        member's charge plus the share of the group's forward each member will be charged. The groups
+        whose tag is within the cheapest share of the smallest tag run (always at least one)."""
         if not groups:
             return {}
         self._clock = min(request.charged for request in self._running)
-        slack = min(self._costs.get(key, 0.0) for key in groups)
-        return {
-            key: members
-            for key, members in groups.items()
-            if min(member.charged for member in members) <= self._clock + slack
-        }
+        shares = {key: self._costs.get(key, 0.0) / len(members) for key, members in groups.items()}
+        tags = {key: min(member.charged for member in members) + shares[key] for key, members in groups.items()}
+        limit = min(tags.values()) + min(shares.values())
+        return {key: members for key, members in groups.items() if tags[key] <= limit}
 
     def _run(self, key: tuple[bool, int], members: list[_Running]) -> None:
         """One forward for `members`; charge each its share of the time, then advance or fail each alone."""
