@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from functools import cache
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from nld.checkpoint import load_checkpoint
 from nld.kv_cache import KVCache
 from nld.models.released import RELEASED_CONFIGS
 from nld.sampling import Sampler
+from nld.serving.client import read_metrics
 from nld.step import StepRequest
 from tests.conftest import fixture_dir
 
@@ -60,3 +62,17 @@ def raw_step(
     logits = backend.step([request])[0].logits
     assert logits is not None
     return logits.cpu()
+
+
+def wait_for_idle_pool(metrics_url: str, total_blocks: int | None = None, timeout: float = 10.0) -> dict[str, float]:
+    """A server's nld metrics once its KV pool is all free again (no block in use and, when given,
+    `total_blocks` free), or as they are after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        metrics = read_metrics(metrics_url)
+        idle = metrics.get("nld_kv_blocks_in_use") == 0
+        if total_blocks is not None:
+            idle = idle and metrics.get("nld_kv_blocks_free") == total_blocks
+        if idle or time.monotonic() > deadline:
+            return metrics
+        time.sleep(0.1)

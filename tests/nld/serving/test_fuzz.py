@@ -8,7 +8,6 @@ import math
 import queue
 import random
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -25,11 +24,12 @@ from nld.generate import generate, load_backend
 from nld.limits import BLOCK_LENGTH_CAP, BOUNDS, EOS_ID, MAX_TEMPERATURE, max_block_length, max_prompt_bytes
 from nld.models import default_model_dir
 from nld.modes import GenerationParams
-from nld.serving.client import NUMPY_TYPES, build_inputs, read_metrics
+from nld.serving.client import NUMPY_TYPES, build_inputs
 from nld.serving.inputs import INPUTS, REQUEST_MODES
 from nld.serving.repository import MODEL_NAME, RepositorySettings, write_repository
 from nld.serving.server import ServerSettings, TritonServer, free_port
 from nld.tokenizer import NLDTokenizer
+from tests.nld.helpers import wait_for_idle_pool
 
 pytestmark = pytest.mark.server
 
@@ -279,16 +279,6 @@ def check_reply(case: Case, reply: Reply, faults: set[str], config: NLDConfig) -
     return None
 
 
-def wait_for_free_pool(url: str, timeout: float = 10.0) -> dict[str, float]:
-    """The metrics once the KV pool is all free again (or after `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        metrics = read_metrics(url)
-        if metrics.get("nld_kv_blocks_in_use") == 0 or time.monotonic() > deadline:
-            return metrics
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerSettings]:
     """The built-in model behind its own tritonserver, whose default max_tokens is small."""
@@ -335,5 +325,5 @@ def test_fuzzed_requests_get_named_errors_or_valid_outputs(fuzz_server: ServerSe
         after = send(client, normal_case(prompt))
     solo = generate(backend, tokenizer.encode_prompt(prompt), "linear-spec", GenerationParams(16))
     assert after.error is None and after.output_ids == solo.new_ids
-    metrics = wait_for_free_pool(fuzz_server.metrics_url)
+    metrics = wait_for_idle_pool(fuzz_server.metrics_url, KV_BLOCKS)
     assert metrics["nld_kv_blocks_in_use"] == 0 and metrics["nld_kv_blocks_free"] == KV_BLOCKS

@@ -20,6 +20,7 @@ from nld.serving.client import NLDClient, read_metrics
 from nld.serving.server import ServerSettings, TritonServer
 from nld.tokenizer import NLDTokenizer
 from tests.nld.conftest import SERVER_KV_BLOCKS
+from tests.nld.helpers import wait_for_idle_pool
 
 pytestmark = pytest.mark.server
 
@@ -40,15 +41,6 @@ def local() -> tuple:
 def expected(local: tuple, prompt: str, mode: str, max_tokens: int) -> list[int]:
     backend, tokenizer = local
     return generate(backend, tokenizer.encode_prompt(prompt), mode, GenerationParams(max_tokens)).new_ids
-
-
-def wait_for_idle_pool(url: str, timeout: float = 10.0) -> dict[str, float]:
-    deadline = time.monotonic() + timeout
-    while True:
-        metrics = read_metrics(url)
-        if metrics.get("nld_kv_blocks_in_use") == 0 or time.monotonic() > deadline:
-            return metrics
-        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("mode", list(MODES))

@@ -20,10 +20,11 @@ from nld.generate import generate, load_backend
 from nld.limits import BLOCK_LENGTH_CAP
 from nld.models import default_model_dir
 from nld.modes import MODES, GenerationParams
-from nld.serving.client import ClientResult, NLDClient, read_metrics
+from nld.serving.client import ClientResult, NLDClient
 from nld.serving.server import ServerSettings
 from nld.tokenizer import NLDTokenizer
 from tests.nld.conftest import SERVER_KV_BLOCKS
+from tests.nld.helpers import wait_for_idle_pool
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
@@ -238,17 +239,6 @@ def check_outcome(outcome: Outcome, expected: list[int], vocab: int) -> str | No
     return None
 
 
-def wait_for_free_pool(url: str, timeout: float = 10.0) -> dict[str, float]:
-    """The metrics once the KV pool is all free again (or after `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        metrics = read_metrics(url)
-        idle = metrics.get("nld_kv_blocks_in_use") == 0 and metrics.get("nld_kv_blocks_free") == SERVER_KV_BLOCKS
-        if idle or time.monotonic() > deadline:
-            return metrics
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def local() -> tuple[Any, NLDTokenizer]:
     return load_backend(str(default_model_dir())), NLDTokenizer.from_dir(default_model_dir())
@@ -295,6 +285,6 @@ def test_soak_mixed_modes_with_hostile_requests(tiny_server: ServerSettings, loc
     after = bounded(job, tiny_server.grpc_url, CLIENT_TIMEOUT)  # still serving, exactly
     expected = generate(backend, tokenizer.encode_prompt(str(job.prompt)), job.mode, GenerationParams(16)).new_ids
     assert check_outcome(after, expected, backend.config.vocab_size) is None, after
-    metrics = wait_for_free_pool(tiny_server.metrics_url)
+    metrics = wait_for_idle_pool(tiny_server.metrics_url, SERVER_KV_BLOCKS)
     assert metrics["nld_kv_blocks_in_use"] == 0 and metrics["nld_kv_blocks_free"] == SERVER_KV_BLOCKS
     assert time.monotonic() - began < DEADLINE_SECONDS
