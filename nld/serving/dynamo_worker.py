@@ -1,0 +1,196 @@
+"""The NVIDIA Dynamo worker: a thin adapter between Dynamo's token-level requests and the nld engine.
+
+One process serves one model on one endpoint (`<namespace>.<component>.generate`), registered for
+Dynamo's OpenAI frontend as a token-in/token-out Completions model: the frontend tokenizes and
+detokenizes, the worker runs the request on the batching `Engine` and streams the token ids that became
+final. Run: `python -m nld.serving.dynamo_worker [--model DIR] [--backend torch] ...` with the same
+`DYN_FILE_KV` folder as `python -m dynamo.frontend --discovery-backend file --request-plane tcp
+--event-plane zmq`. Request fields the OpenAI API lacks come as `nvext.annotations` strings
+`key=value` (`mode=ar`, `block_length=32`, `threshold=0.9`). Bad parameters become Dynamo's
+`InvalidArgument` (HTTP 400) naming the OpenAI field (`max_tokens` for our `max_new_tokens`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from nld.engine import Engine, EngineSettings, Update
+from nld.generate import load_backend
+from nld.limits import ParameterError
+from nld.modes import GenerationParams
+from nld.tokenizer import NLDTokenizer
+
+LOG = logging.getLogger("nld.dynamo")
+DEFAULT_MODE = "linear-spec"  # `nld generate`'s default
+OPENAI_NAMES = {"max_new_tokens": "max_tokens"}  # our field -> the OpenAI request field
+ANNOTATION_FIELDS: dict[str, Callable[[str], Any]] = {"mode": str, "block_length": int, "threshold": float}
+FINISH_REASONS = {"stop": "eos", "length": "length", "cancelled": "cancelled", "error": "error"}
+
+
+def special_affixes(tokenizer: NLDTokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer's post-processor adds before and after a text (e.g. BOS): Dynamo encodes
+    without them, `NLDTokenizer.encode_prompt` (and so `nld generate`) with them."""
+    plain = tokenizer.tokenizer.encode("a", add_special_tokens=False).ids
+    full = tokenizer.tokenizer.encode("a", add_special_tokens=True).ids
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    return [], []
+
+
+def parse_annotations(annotations: list[str] | None) -> dict[str, Any]:
+    """`["mode=ar", "block_length=32"]` -> {"mode": "ar", "block_length": 32}; other annotations
+    (Dynamo's own, without `=` or with another key) are left to Dynamo."""
+    values: dict[str, Any] = {}
+    for item in annotations or ():
+        key, sep, text = str(item).partition("=")
+        if not sep or key not in ANNOTATION_FIELDS:
+            continue
+        try:
+            values[key] = ANNOTATION_FIELDS[key](text)
+        except ValueError:
+            raise ParameterError(key, f"cannot parse {text!r} as {ANNOTATION_FIELDS[key].__name__}") from None
+    return values
+
+
+class NLDHandler:
+    """Turns one Dynamo request into one engine submission and streams its updates back."""
+
+    def __init__(self, engine: Engine, tokenizer: NLDTokenizer | None, default_mode: str = DEFAULT_MODE) -> None:
+        self.engine = engine
+        self.default_mode = default_mode
+        self.prefix, self.suffix = special_affixes(tokenizer) if tokenizer is not None else ([], [])
+
+    def prompt_ids(self, token_ids: list[int]) -> list[int]:
+        """Dynamo's prompt ids with the post-processor's specials, as `encode_prompt` would give them."""
+        ids = list(token_ids)
+        if self.prefix and ids[: len(self.prefix)] != self.prefix:
+            ids = self.prefix + ids
+        if self.suffix and ids[len(ids) - len(self.suffix) :] != self.suffix:
+            ids = ids + self.suffix
+        return ids
+
+    def parse(self, request: dict[str, Any]) -> tuple[list[int], str, GenerationParams]:
+        """(prompt ids, mode, params) of a Dynamo request; ParameterError when out of bounds."""
+        sampling = request.get("sampling_options") or {}
+        stops = request.get("stop_conditions") or {}
+        extra = parse_annotations(request.get("annotations"))
+        prompt_ids = self.prompt_ids(request.get("token_ids") or [])
+        fields: dict[str, Any] = {
+            "temperature": sampling.get("temperature"),
+            "top_p": sampling.get("top_p"),
+            "seed": sampling.get("seed"),
+            "max_new_tokens": stops.get("max_tokens"),
+            "block_length": extra.get("block_length"),
+            "threshold": extra.get("threshold"),
+        }
+        params = GenerationParams(**{name: value for name, value in fields.items() if value is not None})
+        if stops.get("max_tokens") is None:  # bound the default by the context, as the frontend does not
+            room = self.engine.backend.config.max_position_embeddings - len(prompt_ids)
+            params = dataclasses.replace(params, max_new_tokens=max(1, min(params.max_new_tokens, room)))
+        return prompt_ids, extra.get("mode", self.default_mode), params
+
+    async def generate(self, request: dict[str, Any], context: Any) -> AsyncIterator[dict[str, Any]]:
+        """Dynamo's handler: yields {"token_ids": [...]} chunks, the last with finish_reason and usage."""
+        from dynamo.llm.exceptions import InvalidArgument
+
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue[Update] = asyncio.Queue()
+        try:
+            prompt_ids, mode, params = self.parse(request)
+            self.engine.submit(
+                prompt_ids,
+                mode,
+                params,
+                lambda update: loop.call_soon_threadsafe(updates.put_nowait, update),
+                context.is_stopped,
+            )
+        except ParameterError as error:
+            raise InvalidArgument(f"{OPENAI_NAMES.get(error.field, error.field)}: {error.problem}") from None
+        produced = 0
+        while True:
+            update = await updates.get()
+            if update.error is not None:
+                raise RuntimeError(f"generation failed: {update.error}")
+            produced += len(update.new_ids)
+            chunk: dict[str, Any] = {"token_ids": update.new_ids}
+            if update.finished:
+                reason = update.generation.finish_reason if update.generation else None
+                chunk["finish_reason"] = FINISH_REASONS.get(reason or "", "length")
+                chunk["completion_usage"] = {
+                    "prompt_tokens": len(prompt_ids),
+                    "completion_tokens": produced,
+                    "total_tokens": len(prompt_ids) + produced,
+                }
+                yield chunk
+                return
+            yield chunk
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Load the model, start the engine, register with Dynamo's discovery and serve until stopped."""
+    from dynamo.llm import ModelInput, ModelRuntimeConfig, ModelType, WorkerType, register_model
+    from dynamo.runtime import DistributedRuntime
+
+    backend = load_backend(args.model, args.backend, args.dtype, args.device, build_dir=args.build)
+    tokenizer = NLDTokenizer.from_dir(args.model)
+    if tokenizer is None:
+        raise SystemExit(f"{args.model}: no tokenizer.json; Dynamo's frontend tokenizes with it")
+    settings = EngineSettings(max_batch=args.max_batch, kv_blocks=args.kv_blocks)
+    engine = Engine(backend, settings)
+    handler = NLDHandler(engine, tokenizer, args.default_mode)
+    engine.start()
+    loop = asyncio.get_running_loop()
+    runtime = DistributedRuntime(loop, args.discovery_backend, "tcp", event_plane="zmq")
+    endpoint = runtime.endpoint(f"{args.namespace}.{args.component}.generate")
+    runtime_config = ModelRuntimeConfig()
+    runtime_config.context_length = backend.config.max_position_embeddings
+    runtime_config.max_num_seqs = settings.max_batch
+    await register_model(
+        ModelInput.Tokens,
+        ModelType.Completions,
+        endpoint,
+        args.model,
+        args.name,
+        worker_type=WorkerType.Aggregated,
+        kv_cache_block_size=settings.kv_block_tokens,
+        runtime_config=runtime_config,
+    )
+    LOG.info("serving %s as %s on %s.%s.generate", args.model, args.name, args.namespace, args.component)
+    try:
+        await endpoint.serve_endpoint(handler.generate)
+    finally:
+        engine.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from nld.models import default_model_dir
+
+    parser = argparse.ArgumentParser(prog="python -m nld.serving.dynamo_worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", help="NLD checkpoint folder (default: the built-in tiny model)")
+    parser.add_argument("--build", help="an nld-build output, for the onnxruntime/tensorrt backends")
+    parser.add_argument("--backend", default="torch")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--name", help="served model name (default: the folder's name)")
+    parser.add_argument("--namespace", default="nld")
+    parser.add_argument("--component", default="backend")
+    parser.add_argument("--default-mode", default=DEFAULT_MODE)
+    parser.add_argument("--max-batch", type=int, default=EngineSettings.max_batch)
+    parser.add_argument("--kv-blocks", type=int, default=EngineSettings.kv_blocks)
+    parser.add_argument("--discovery-backend", default=os.environ.get("DYN_DISCOVERY_BACKEND", "file"))
+    args = parser.parse_args(argv)
+    args.model = str(args.model or default_model_dir())
+    args.name = args.name or os.path.basename(os.path.normpath(args.model))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
