@@ -1,4 +1,4 @@
-"""`nld repo`, `nld serve`, `nld client`: thin wrappers over nld.serving."""
+"""`nld repo`, `nld serve`, `nld serve-openai`, `nld client`: thin wrappers over nld.serving."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from nld.bench.crossover import read_auto_threshold
 from nld.errors import NLDError
 from nld.serving.client import NLDClient
 from nld.serving.inputs import REQUEST_MODES
+from nld.serving.openai_server import ROUTER_FLAGS, OpenAIServer, OpenAISettings
 from nld.serving.repository import RepositorySettings, write_repository
+from nld.serving.served_names import default_served_name
 from nld.serving.server import ServerSettings, TritonServer
 
 
@@ -23,7 +25,7 @@ def add_serving_commands(
     add_model_options: Callable[[argparse.ArgumentParser], None],
     model_dir: Callable[[argparse.Namespace], str],
 ) -> None:
-    """Register the three serving commands; model options are shared with the other commands."""
+    """Register the serving commands; model options are shared with the other commands."""
     repo = subparsers.add_parser("repo", help="write a Triton model repository for a model")
     add_model_options(repo)
     defaults = RepositorySettings(model_dir="")
@@ -51,6 +53,29 @@ def add_serving_commands(
     serve.add_argument("--tritonserver", help="tritonserver binary (default: $NLD_TRITONSERVER or nvidia-pytriton's)")
     serve.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the model to be ready")
     serve.set_defaults(handler=run_serve)
+
+    openai = subparsers.add_parser(
+        "serve-openai", help="an OpenAI-compatible endpoint: NVIDIA Dynamo's frontend + N nld workers, until Ctrl-C"
+    )
+    add_model_options(openai)
+    openai.add_argument(
+        "--name", help="served model name (default: nld-tiny for the built-in model, else the folder's)"
+    )
+    openai.add_argument("--workers", type=int, default=1, help="worker processes, each with its own engine")
+    openai.add_argument(
+        "--router", choices=list(ROUTER_FLAGS), default="round-robin", help="how requests pick a worker"
+    )
+    openai.add_argument("--host", default="127.0.0.1", help="address every socket binds (loopback by default)")
+    openai.add_argument("--http-port", type=int, default=8000)
+    openai.add_argument(
+        "--migration-limit", type=int, default=3, help="times a request may move to another worker when its dies"
+    )
+    openai.add_argument("--default-mode", choices=list(REQUEST_MODES), default=defaults.default_mode)
+    openai.add_argument("--max-batch", type=int, default=defaults.max_batch, help="requests decoded at once per worker")
+    openai.add_argument("--kv-blocks", type=int, default=defaults.kv_blocks, help="KV pool size in blocks per worker")
+    openai.add_argument("--auto-threshold", type=_auto_threshold, default=defaults.auto_threshold)
+    openai.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every worker to register")
+    openai.set_defaults(handler=lambda args: run_serve_openai(args, model_dir(args)))
 
     client = subparsers.add_parser("client", help="send one prompt to a running server over gRPC")
     client.add_argument("--prompt", required=True)
@@ -99,35 +124,92 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         args.repository, args.host, args.grpc_port, args.http_port, args.metrics_port, args.tritonserver
     )
-    serving, stop = threading.Event(), threading.Event()
+    server = TritonServer(settings)
+    http = f"{settings.host}:{settings.http_port}"
+
+    def failure() -> str | None:
+        if server.process is None or server.process.poll() is not None:
+            return f"tritonserver exited:\n{server.log_tail()}"
+        return None
+
+    print(f"starting tritonserver on {args.repository} ...", file=sys.stderr)
+    return _serve_until_stopped(
+        lambda: server.start(args.timeout),
+        server.stop,
+        f"ready: gRPC {settings.grpc_url}  HTTP {http}  metrics {settings.metrics_url}",
+        failure,
+        "tritonserver",
+    )
+
+
+def run_serve_openai(args: argparse.Namespace, model_dir: str) -> int:
+    options = ["--model", model_dir, "--backend", args.backend, "--dtype", args.dtype, "--device", args.device]
+    options += ["--default-mode", args.default_mode, "--max-batch", str(args.max_batch)]
+    options += ["--kv-blocks", str(args.kv_blocks), "--auto-threshold", str(args.auto_threshold)]
+    if args.build:
+        options += ["--build", str(args.build.resolve())]
+    settings = OpenAISettings(
+        name=args.name or default_served_name(model_dir),
+        worker_options=tuple(options),
+        workers=args.workers,
+        router=args.router,
+        host=args.host,
+        http_port=args.http_port,
+        migration_limit=args.migration_limit,
+    )
+    server = OpenAIServer(settings)
+    reported: set[str] = set()
+
+    def failure() -> str | None:
+        dead = server.exited()
+        if any(name.startswith("frontend") for name in dead) or len(dead) >= settings.workers:
+            return f"{', '.join(dead)} exited; stopping"
+        for name in set(dead) - reported:
+            print(
+                f"nld: warning: {name} exited; {settings.workers - len(dead)} of {settings.workers} serve",
+                file=sys.stderr,
+            )
+        reported.update(dead)
+        return None
+
+    print(f"starting {settings.workers} worker(s) and the Dynamo frontend for {settings.name} ...", file=sys.stderr)
+    return _serve_until_stopped(
+        lambda: server.start(args.timeout), server.stop, f"ready: {settings.url}", failure, "serve-openai"
+    )
+
+
+def _serve_until_stopped(
+    start: Callable[[], object], stop: Callable[[], None], ready: str, failure: Callable[[], str | None], what: str
+) -> int:
+    """Start, print the `ready` line, poll `failure` until Ctrl-C or SIGTERM, stop. Exit codes: 0 when
+    stopped, 1 when `failure` said why, 130 when stopped while starting."""
+    serving, stopping = threading.Event(), threading.Event()
 
     def on_sigterm(*_: object) -> None:
         if not serving.is_set():  # still starting: stop as on Ctrl-C
             raise KeyboardInterrupt
-        stop.set()
+        stopping.set()
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    server = TritonServer(settings)
-    print(f"starting tritonserver on {args.repository} ...", file=sys.stderr)
     try:
-        server.start(args.timeout)
-    except KeyboardInterrupt:  # start() stopped it
-        print("tritonserver stopped", file=sys.stderr)
+        start()
+    except KeyboardInterrupt:  # start() stopped what it started
+        print(f"{what} stopped", file=sys.stderr)
         return 130
     serving.set()
     try:
-        http = f"{settings.host}:{settings.http_port}"
-        print(f"ready: gRPC {settings.grpc_url}  HTTP {http}  metrics {settings.metrics_url}", flush=True)
+        print(ready, flush=True)
         print("Ctrl-C stops the server", file=sys.stderr, flush=True)
-        while not stop.wait(1.0):
-            if server.process is None or server.process.poll() is not None:
-                print(f"nld: error: tritonserver exited:\n{server.log_tail()}", file=sys.stderr)
+        while not stopping.wait(1.0):
+            problem = failure()
+            if problem is not None:
+                print(f"nld: error: {problem}", file=sys.stderr)
                 return 1
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop()
-        print("tritonserver stopped", file=sys.stderr)
+        stop()
+        print(f"{what} stopped", file=sys.stderr)
     return 0
 
 

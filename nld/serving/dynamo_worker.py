@@ -1,13 +1,15 @@
 """The NVIDIA Dynamo worker: a thin adapter between Dynamo's token-level requests and the nld engine.
 
-One process serves one model on one endpoint (`<namespace>.<component>.generate`), registered for
-Dynamo's OpenAI frontend as a token-in/token-out Completions model: the frontend tokenizes and
-detokenizes, the worker runs the request on the batching `Engine` and streams the token ids that became
-final. Run: `python -m nld.serving.dynamo_worker [--model DIR] [--backend torch] ...` with the same
-`DYN_FILE_KV` folder as `python -m dynamo.frontend --discovery-backend file --request-plane tcp
---event-plane zmq`. Request fields the OpenAI API lacks come as `nvext.annotations` strings
-`key=value` (`mode=ar`, `block_length=32`, `threshold=0.9`). Bad parameters become Dynamo's
-`InvalidArgument` (HTTP 400) naming the OpenAI field (`max_tokens` for our `max_new_tokens`).
+One process serves one model on one batching `Engine`, registered for Dynamo's OpenAI frontend as a
+token-in/token-out Completions + Chat model under one name per decoding mode (`served_names`: `<name>`
+for the default mode, `<name>:ar`, ...), each on its own endpoint `<namespace>.<component>.generate[_mode]`.
+The frontend renders the chat template, tokenizes and detokenizes; the worker streams the token ids
+that became final. Run: `python -m nld.serving.dynamo_worker [--model DIR] [--backend torch] ...` with
+the same `DYN_FILE_KV` folder as `python -m dynamo.frontend --discovery-backend file --request-plane tcp
+--event-plane zmq` (`nld serve-openai` starts both). Fields the OpenAI API lacks come as
+`nvext.annotations` strings `key=value` (`block_length=32`, `threshold=0.9`). Bad parameters become
+Dynamo's `InvalidArgument` (HTTP 400) naming the OpenAI field (`max_tokens` for our `max_new_tokens`).
+With `--status-port` the worker's status server serves /health and /metrics, the engine's own included.
 """
 
 from __future__ import annotations
@@ -18,19 +20,24 @@ import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from nld.engine import Engine, EngineSettings, Update
 from nld.generate import load_backend
 from nld.limits import ParameterError
 from nld.modes import GenerationParams
+from nld.serving.inputs import REQUEST_MODES
+from nld.serving.metrics import engine_samples, prometheus_text
+from nld.serving.served_names import default_served_name, endpoint_name, served_names
 from nld.tokenizer import NLDTokenizer
 
 LOG = logging.getLogger("nld.dynamo")
 DEFAULT_MODE = "linear-spec"  # `nld generate`'s default
 OPENAI_NAMES = {"max_new_tokens": "max_tokens"}  # our field -> the OpenAI request field
-ANNOTATION_FIELDS: dict[str, Callable[[str], Any]] = {"mode": str, "block_length": int, "threshold": float}
+ANNOTATION_FIELDS: dict[str, Callable[[str], Any]] = {"block_length": int, "threshold": float}
 FINISH_REASONS = {"stop": "eos", "length": "length", "cancelled": "cancelled", "error": "error"}
+PLAIN_CHAT_TEMPLATE = Path(__file__).with_name("plain_chat.jinja")  # for checkpoints that ship none
 
 
 def special_affixes(tokenizer: NLDTokenizer) -> tuple[list[int], list[int]]:
@@ -45,7 +52,7 @@ def special_affixes(tokenizer: NLDTokenizer) -> tuple[list[int], list[int]]:
 
 
 def parse_annotations(annotations: list[str] | None) -> dict[str, Any]:
-    """`["mode=ar", "block_length=32"]` -> {"mode": "ar", "block_length": 32}; other annotations
+    """`["block_length=32", "threshold=0.9"]` -> {"block_length": 32, "threshold": 0.9}; other annotations
     (Dynamo's own, without `=` or with another key) are left to Dynamo."""
     values: dict[str, Any] = {}
     for item in annotations or ():
@@ -60,11 +67,11 @@ def parse_annotations(annotations: list[str] | None) -> dict[str, Any]:
 
 
 class NLDHandler:
-    """Turns one Dynamo request into one engine submission and streams its updates back."""
+    """Turns one Dynamo request into one engine submission in `mode` and streams its updates back."""
 
-    def __init__(self, engine: Engine, tokenizer: NLDTokenizer | None, default_mode: str = DEFAULT_MODE) -> None:
+    def __init__(self, engine: Engine, tokenizer: NLDTokenizer | None, mode: str = DEFAULT_MODE) -> None:
         self.engine = engine
-        self.default_mode = default_mode
+        self.mode = mode
         self.prefix, self.suffix = special_affixes(tokenizer) if tokenizer is not None else ([], [])
 
     def prompt_ids(self, token_ids: list[int]) -> list[int]:
@@ -94,7 +101,7 @@ class NLDHandler:
         if stops.get("max_tokens") is None:  # bound the default by the context, as the frontend does not
             room = self.engine.backend.config.max_position_embeddings - len(prompt_ids)
             params = dataclasses.replace(params, max_new_tokens=max(1, min(params.max_new_tokens, room)))
-        return prompt_ids, extra.get("mode", self.default_mode), params
+        return prompt_ids, self.mode, params
 
     async def generate(self, request: dict[str, Any], context: Any) -> AsyncIterator[dict[str, Any]]:
         """Dynamo's handler: yields {"token_ids": [...]} chunks, the last with finish_reason and usage."""
@@ -134,7 +141,10 @@ class NLDHandler:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    """Load the model, start the engine, register with Dynamo's discovery and serve until stopped."""
+    """Load the model, start the engine, register every served name with Dynamo's discovery and serve
+    until stopped."""
+    if args.status_port is not None:  # read by the runtime when it starts: must be set before
+        os.environ["DYN_SYSTEM_PORT"] = str(args.status_port)
     from dynamo.llm import ModelInput, ModelRuntimeConfig, ModelType, WorkerType, register_model
     from dynamo.runtime import DistributedRuntime
 
@@ -142,29 +152,34 @@ async def serve(args: argparse.Namespace) -> None:
     tokenizer = NLDTokenizer.from_dir(args.model)
     if tokenizer is None:
         raise SystemExit(f"{args.model}: no tokenizer.json; Dynamo's frontend tokenizes with it")
-    settings = EngineSettings(max_batch=args.max_batch, kv_blocks=args.kv_blocks)
+    template = None if tokenizer.chat_template is not None else str(PLAIN_CHAT_TEMPLATE)
+    settings = EngineSettings(max_batch=args.max_batch, kv_blocks=args.kv_blocks, auto_threshold=args.auto_threshold)
     engine = Engine(backend, settings)
-    handler = NLDHandler(engine, tokenizer, args.default_mode)
     engine.start()
     loop = asyncio.get_running_loop()
     runtime = DistributedRuntime(loop, args.discovery_backend, "tcp", event_plane="zmq")
-    endpoint = runtime.endpoint(f"{args.namespace}.{args.component}.generate")
     runtime_config = ModelRuntimeConfig()
     runtime_config.context_length = backend.config.max_position_embeddings
     runtime_config.max_num_seqs = settings.max_batch
-    await register_model(
-        ModelInput.Tokens,
-        ModelType.Completions,
-        endpoint,
-        args.model,
-        args.name,
-        worker_type=WorkerType.Aggregated,
-        kv_cache_block_size=settings.kv_block_tokens,
-        runtime_config=runtime_config,
-    )
-    LOG.info("serving %s as %s on %s.%s.generate", args.model, args.name, args.namespace, args.component)
+    served = []
+    for name, mode in served_names(args.name).items():
+        endpoint = runtime.endpoint(f"{args.namespace}.{args.component}.{endpoint_name(mode)}")
+        await register_model(
+            ModelInput.Tokens,
+            ModelType.Completions | ModelType.Chat,
+            endpoint,
+            args.model,
+            name,
+            worker_type=WorkerType.Aggregated,
+            kv_cache_block_size=settings.kv_block_tokens,
+            runtime_config=runtime_config,
+            custom_template_path=template,
+        )
+        served.append((endpoint, NLDHandler(engine, tokenizer, mode or args.default_mode)))
+    served[0][0].metrics.register_prometheus_expfmt_callback(lambda: prometheus_text(engine_samples(engine)))
+    LOG.info("serving %s as %s (+ :mode names) in namespace %s", args.model, args.name, args.namespace)
     try:
-        await endpoint.serve_endpoint(handler.generate)
+        await asyncio.gather(*(endpoint.serve_endpoint(handler.generate) for endpoint, handler in served))
     finally:
         engine.stop()
 
@@ -178,16 +193,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--name", help="served model name (default: the folder's name)")
+    parser.add_argument(
+        "--name", help="served model name (default: nld-tiny for the built-in model, else the folder's)"
+    )
     parser.add_argument("--namespace", default="nld")
     parser.add_argument("--component", default="backend")
-    parser.add_argument("--default-mode", default=DEFAULT_MODE)
+    parser.add_argument("--default-mode", choices=list(REQUEST_MODES), default=DEFAULT_MODE)
+    parser.add_argument("--auto-threshold", type=int, default=EngineSettings.auto_threshold)
+    parser.add_argument("--status-port", type=int, help="serve /health and /metrics on this port")
     parser.add_argument("--max-batch", type=int, default=EngineSettings.max_batch)
     parser.add_argument("--kv-blocks", type=int, default=EngineSettings.kv_blocks)
     parser.add_argument("--discovery-backend", default=os.environ.get("DYN_DISCOVERY_BACKEND", "file"))
     args = parser.parse_args(argv)
     args.model = str(args.model or default_model_dir())
-    args.name = args.name or os.path.basename(os.path.normpath(args.model))
+    args.name = args.name or default_served_name(args.model)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     asyncio.run(serve(args))
 

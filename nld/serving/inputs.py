@@ -129,8 +129,9 @@ def parse_inputs(
             raise InputError(name, f"expected one value, got shape {tuple(array.shape)}")
         if name == "text_input" and max_prompt_bytes is not None and _byte_length(array) > max_prompt_bytes:
             raise InputError(
-                name, f"{_byte_length(array)} bytes exceed the {max_prompt_bytes} bytes any prompt that fits the "
-                "model's context can have"
+                name,
+                f"{_byte_length(array)} bytes exceed the {max_prompt_bytes} bytes any prompt that fits the "
+                "model's context can have",
             )
         try:
             value = spec.read(array)

@@ -7,6 +7,8 @@
   writes to; at its EOF, which is this process's death, it waits up to `grace` seconds for the child
   to exit and then SIGKILLs what is left of the group: the child's own children (tritonserver's
   Python-backend stubs outlive it when it dies while the model loads).
+`FolderJanitor` is the same pipe trick for a scratch folder: its process removes the folder once this
+process and every other owner its marker names (`nld.owners`) are gone.
 Linux only (prctl, /proc, waitid).
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +25,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from nld.owners import start_time
+from nld.owners import is_abandoned, start_time
 
 PR_SET_PDEATHSIG = 1
 
@@ -144,12 +148,57 @@ def _exited(pid: int, timeout: float) -> bool:
         time.sleep(0.05)
 
 
+class FolderJanitor:
+    """Removes `folder` after this process dies, however it dies, once the folder's other owners are
+    gone too (waiting up to `patience` s for them). `release()` when this process removed it itself."""
+
+    def __init__(self, folder: Path, patience: float = 30.0) -> None:
+        read_end, self._pipe = os.pipe()
+        try:
+            self._process: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [sys.executable, "-P", "-m", __name__, "--janitor", str(folder), str(patience)],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                process_group=0,
+            )
+        except BaseException:
+            os.close(self._pipe)
+            raise
+        finally:
+            os.close(read_end)
+
+    def release(self) -> None:
+        if self._process is None:
+            return
+        with contextlib.suppress(BrokenPipeError):
+            os.write(self._pipe, b"x")
+        os.close(self._pipe)
+        self._process.wait()
+        self._process = None
+
+
+def _parent_died() -> bool:
+    """Block until stdin's EOF (the parent died: True) or a byte (stand down: False), signals ignored."""
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, signal.SIG_IGN)
+    return not os.read(0, 1)
+
+
+def janitor(folder: Path, patience: float) -> None:
+    """The janitor's work: at the parent's death, wait for the folder's owners to go, then remove it."""
+    if not _parent_died():
+        return
+    deadline = time.monotonic() + patience
+    while not is_abandoned(folder) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if is_abandoned(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def guard(group: int, grace: float) -> None:
     """The guard's work: wait for stdin's EOF (our parent died), give the group's leader `grace` s to
     exit on its death signal, then SIGKILL the group. A byte on stdin means stand down."""
-    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(number, signal.SIG_IGN)
-    if os.read(0, 1):
+    if not _parent_died():
         return
     deadline = time.monotonic() + grace
     while start_time(group) is not None and time.monotonic() < deadline:
@@ -159,4 +208,7 @@ def guard(group: int, grace: float) -> None:
 
 
 if __name__ == "__main__":
-    guard(int(sys.argv[1]), float(sys.argv[2]))
+    if sys.argv[1] == "--janitor":
+        janitor(Path(sys.argv[2]), float(sys.argv[3]))
+    else:
+        guard(int(sys.argv[1]), float(sys.argv[2]))

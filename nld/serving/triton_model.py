@@ -18,16 +18,8 @@ from nld.generate import load_backend
 from nld.limits import ParameterError, max_prompt_bytes
 from nld.serving.detokenize import IncrementalText
 from nld.serving.inputs import INPUTS, InputError, input_error, parse_inputs
+from nld.serving.metrics import METRICS, MODE_LABEL, engine_samples
 from nld.tokenizer import NLDTokenizer
-
-METRICS = {  # name: (kind, description)
-    "nld_requests_total": ("COUNTER", "requests started, by decoding mode"),
-    "nld_tokens_total": ("COUNTER", "tokens generated"),
-    "nld_forwards_total": ("COUNTER", "batched forward passes run by the engine"),
-    "nld_accepted_tokens_total": ("COUNTER", "tokens accepted by self-speculation verify steps"),
-    "nld_kv_blocks_in_use": ("GAUGE", "KV pool blocks held by running requests"),
-    "nld_kv_blocks_free": ("GAUGE", "KV pool blocks free"),
-}
 
 
 def _parameters(model_config: dict) -> dict[str, str]:
@@ -151,22 +143,12 @@ class TritonPythonModel:
 
     # -- metrics ------------------------------------------------------------------------------------
     def _publish_metrics(self) -> None:
-        counters = dict(self.engine.metrics)
-        values: dict[tuple[str, str], float] = {
-            ("nld_tokens_total", ""): counters.get("tokens", 0),
-            ("nld_forwards_total", ""): counters.get("forwards", 0),
-            ("nld_accepted_tokens_total", ""): counters.get("accepted_tokens", 0),
-            ("nld_kv_blocks_in_use", ""): self.engine.pool.used_blocks,
-            ("nld_kv_blocks_free", ""): self.engine.pool.free_blocks,
-        }
-        for key, count in counters.items():
-            if key.startswith("requests_"):
-                values[("nld_requests_total", key.removeprefix("requests_"))] = count
+        values = engine_samples(self.engine)
         with self.metrics_lock:
             for (name, mode), value in values.items():
                 metric = self.metrics.get((name, mode))
                 if metric is None:
-                    labels = {"mode": mode} if mode else {}
+                    labels = {MODE_LABEL: mode} if mode else {}
                     metric = self.metrics[(name, mode)] = self.families[name].Metric(labels=labels)
                 if METRICS[name][0] == "GAUGE":
                     metric.set(value)
