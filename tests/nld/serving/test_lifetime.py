@@ -79,3 +79,57 @@ def test_remove_stale_removes_dead_owners_folders_only(tmp_path: Path) -> None:
     unmarked.mkdir()
     assert remove_stale("nld-test-", tmp_path) == sorted([dead, reused])
     assert live.is_dir() and unmarked.is_dir() and not dead.exists() and not reused.exists()
+
+
+JANITOR_PARENT = """
+import sys, time
+from pathlib import Path
+from nld.owners import owned_tempdir
+from nld.serving.lifetime import FolderJanitor
+folder = owned_tempdir("nld-janitor-test-", Path(sys.argv[1]))
+janitor = FolderJanitor(folder, patience=5.0)
+if sys.argv[2] == "release":
+    import shutil
+    shutil.rmtree(folder)
+    janitor.release()
+print(folder, flush=True)
+time.sleep(300)
+"""
+
+
+def test_folder_janitor_removes_a_sigkilled_owners_folder(tmp_path: Path) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", JANITOR_PARENT, str(tmp_path), "keep"], stdout=subprocess.PIPE, text=True
+    )
+    folder = Path(parent.stdout.readline().strip())
+    assert folder.is_dir()
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while folder.exists():
+        assert time.monotonic() < deadline, "the janitor left the folder"
+        time.sleep(0.05)
+
+
+def janitor_processes(folder: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--janitor" in args and str(folder).encode() in args and start_time(int(entry.name)) is not None:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_released_janitor_is_gone_before_its_owner(tmp_path: Path) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", JANITOR_PARENT, str(tmp_path), "release"], stdout=subprocess.PIPE, text=True
+    )
+    folder = Path(parent.stdout.readline().strip())
+    try:
+        assert not folder.exists() and not janitor_processes(folder)
+    finally:
+        parent.kill()
+        parent.wait()
