@@ -1,4 +1,4 @@
-"""`nld bench`: every mode at every concurrency level, in process; a Markdown table and JSON."""
+"""`nld bench`: every mode at every concurrency level, in process or through a server; a Markdown table and JSON."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 
 from nld.bench.prompts import load_prompts
 from nld.bench.roofline import roofline_markdown, roofline_rows
-from nld.bench.sweep import BenchSettings, in_process, markdown_table, run_sweep, served, write_results
+from nld.bench.sweep import BenchSettings, in_process, markdown_table, run_sweep, served, served_openai, write_results
 from nld.errors import NLDError
 from nld.generate import load_backend
+from nld.serving.served_names import default_served_name
 from nld.tokenizer import NLDTokenizer
 
 
@@ -38,10 +39,15 @@ def add_bench_command(
     parser.add_argument("--repeat", type=int, default=defaults.repeat, help="passes over the prompt set per point")
     parser.add_argument("--out", type=Path, default=Path("bench"), help="folder for the JSON, table and charts")
     parser.add_argument("--plan", type=Path, help="an nld-build plan.json: its roofline next to the measurement")
-    parser.add_argument("--url", help="benchmark a running server (gRPC host:port) instead of --model in process")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--url", help="benchmark a running Triton server (gRPC host:port) instead of in process")
+    target.add_argument("--openai", metavar="URL", help="benchmark an OpenAI endpoint (http://HOST:PORT/v1) instead")
     parser.add_argument(
-        "--metrics-url", help="with --url: its Prometheus endpoint (default: http://<host>:8002/metrics)"
+        "--metrics-url",
+        help="Prometheus endpoint(s), comma-separated: with --url tritonserver's (default http://<host>:8002/metrics); "
+        "with --openai each worker's (nld serve-openai prints them), for tokens/forward and acceptance",
     )
+    parser.add_argument("--served-name", help="with --openai: the model name (default: as nld serve-openai names it)")
 
     def run(args: argparse.Namespace) -> int:
         settings = BenchSettings(
@@ -58,6 +64,17 @@ def add_bench_command(
             metrics_url = args.metrics_url or f"http://{host}:8002/metrics"
             measure = served(args.url, metrics_url, prompts, settings)
             context = {"url": args.url, "metrics_url": metrics_url, "backend": "server", "device": args.url}
+        elif args.openai:
+            model = model_dir(args)
+            tokenizer = NLDTokenizer.from_dir(model)
+            if tokenizer is None:
+                raise NLDError(f"{model}: no tokenizer.json; --openai counts streamed tokens with it")
+            metrics_urls = [url.strip() for url in (args.metrics_url or "").split(",") if url.strip()]
+            if not metrics_urls:
+                print("nld bench: no --metrics-url: tokens/forward and acceptance are not measured", file=sys.stderr)
+            name = args.served_name or default_served_name(model)
+            measure = served_openai(args.openai, name, metrics_urls, tokenizer, prompts, settings)
+            context = {"openai": args.openai, "metrics_urls": metrics_urls, "backend": "openai", "device": args.openai}
         else:
             model = model_dir(args)
             tokenizer = NLDTokenizer.from_dir(model)

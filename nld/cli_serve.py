@@ -172,10 +172,13 @@ def run_serve_openai(args: argparse.Namespace, model_dir: str) -> int:
         reported.update(dead)
         return None
 
+    def start() -> None:
+        server.start(args.timeout)
+        for worker in server.workers:
+            print(f"worker {worker.index}: pid {worker.process.pid}, metrics {worker.metrics_url}", file=sys.stderr)
+
     print(f"starting {settings.workers} worker(s) and the Dynamo frontend for {settings.name} ...", file=sys.stderr)
-    return _serve_until_stopped(
-        lambda: server.start(args.timeout), server.stop, f"ready: {settings.url}", failure, "serve-openai"
-    )
+    return _serve_until_stopped(start, server.stop, f"ready: {settings.url}", failure, "serve-openai")
 
 
 def _serve_until_stopped(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a fresh clone: set up .venv, write a Triton model repository for the built-in tiny
 # model, start the real tritonserver on loopback, send one streamed gRPC request per decoding mode
-# (printing each answer and its tokens/forward), and stop the server.
+# (printing each answer and its tokens/forward), and stop the server; then start `nld serve-openai`
+# (NVIDIA Dynamo's OpenAI frontend + one nld worker) and send one request with the openai SDK.
 # NLD_DEMO_MODEL=DIR serves another checkpoint (it needs a tokenizer.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ read -r grpc http metrics < <(.venv/bin/python -c \
   'from nld.serving.server import free_port as f; print(f(), f(), f())')
 "$nld" serve "$repo" --grpc-port "$grpc" --http-port "$http" --metrics-port "$metrics" >"$log" 2>&1 &
 server=$!
-trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+trap 'kill -TERM ${server:-} ${openai_server:-} 2>/dev/null; wait 2>/dev/null || true' EXIT
 echo "starting tritonserver (log: $log) ..."
 until grep -q '^ready:' "$log"; do
   if ! kill -0 "$server" 2>/dev/null; then
@@ -35,3 +36,35 @@ for mode in ar diffusion linear-spec quadratic-spec; do
   echo "=== $mode"
   "$nld" client --url "127.0.0.1:$grpc" --mode "$mode" --prompt "$prompt" --max-tokens 64
 done
+kill -TERM "$server"
+wait "$server" || true
+server=
+
+openai_log=build/demo/serve-openai.log
+openai_port=$(.venv/bin/python -c 'from nld.serving.server import free_port; print(free_port())')
+"$nld" serve-openai "${model_args[@]}" --http-port "$openai_port" >"$openai_log" 2>&1 &
+openai_server=$!
+echo "starting nld serve-openai (log: $openai_log) ..."
+until grep -q '^ready:' "$openai_log"; do
+  if ! kill -0 "$openai_server" 2>/dev/null; then
+    echo "nld serve-openai failed to start:" >&2
+    cat "$openai_log" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
+url=$(grep '^ready:' "$openai_log" | cut -d' ' -f2)
+echo "ready: $url"
+echo "=== OpenAI API: /v1/completions, model <name>:linear-spec"
+.venv/bin/python - "$url" "$prompt" <<'PY'
+import sys
+
+import openai
+
+url, prompt = sys.argv[1], sys.argv[2]
+client = openai.OpenAI(base_url=url, api_key="unused")
+name = client.models.list().data[0].id.split(":")[0]
+response = client.completions.create(model=f"{name}:linear-spec", prompt=prompt, max_tokens=64, temperature=0)
+print(prompt + response.choices[0].text)
+print(f"[{name}:linear-spec] {response.usage.completion_tokens} tokens ({response.choices[0].finish_reason})", file=sys.stderr)
+PY

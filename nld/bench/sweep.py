@@ -14,7 +14,7 @@ from nld.bench.crossover import CROSSOVER_FILE, SPECULATIVE, find_crossover
 from nld.bench.plots import histograms, pareto_chart
 from nld.bench.prompts import BenchPrompt
 from nld.bench.runner import SweepPoint, run_point
-from nld.bench.served import run_point_served
+from nld.bench.served import grpc_session, openai_session, run_point_served
 from nld.errors import NLDError
 from nld.modes import MODES
 from nld.step import StepBackend
@@ -71,9 +71,41 @@ def in_process(
 
 
 def served(url: str, metrics_url: str | None, prompts: list[BenchPrompt], settings: BenchSettings) -> Measure:
-    """Points measured through a running server's gRPC endpoint."""
+    """Points measured through a running Triton server's gRPC endpoint."""
     return lambda point, progress: run_point_served(
-        url, prompts, point, settings.max_new_tokens, settings.warmup, settings.repeat, metrics_url, progress
+        grpc_session(url, point, settings.max_new_tokens),
+        prompts,
+        point,
+        settings.warmup,
+        settings.repeat,
+        [metrics_url] if metrics_url else [],
+        progress,
+    )
+
+
+def served_openai(
+    url: str,
+    model: str,
+    metrics_urls: list[str],
+    tokenizer: NLDTokenizer,
+    prompts: list[BenchPrompt],
+    settings: BenchSettings,
+) -> Measure:
+    """Points measured through an OpenAI-compatible endpoint (`nld serve-openai`), model `<model>:<mode>`;
+    `metrics_urls` are the workers' (tokens/forward and acceptance come from their counters)."""
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    return lambda point, progress: run_point_served(
+        openai_session(url, model, point, settings.max_new_tokens, count_tokens),
+        prompts,
+        point,
+        settings.warmup,
+        settings.repeat,
+        metrics_urls,
+        progress,
+        per_response_stats=False,
     )
 
 

@@ -271,6 +271,8 @@ class Engine:
             state.finish_reason = reason or ("error" if error else state.finish_reason)
             state.seconds = time.perf_counter() - request.started
             self.metrics["accepted_tokens"] += sum(state.acceptance_lengths)
+            self.metrics["verify_steps"] += len(state.acceptance_lengths)
+            self.metrics["request_forwards"] += state.forwards
         self._stream(request, finished=True, error=error)
 
     # -- background loop ----------------------------------------------------------------------------

@@ -184,9 +184,8 @@ async def serve(args: argparse.Namespace) -> None:
         engine.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
-    from nld.models import default_model_dir
-
+def argument_parser() -> argparse.ArgumentParser:
+    """The worker's command line (also what deploy/ manifests are checked against)."""
     parser = argparse.ArgumentParser(prog="python -m nld.serving.dynamo_worker", description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="NLD checkpoint folder (default: the built-in tiny model)")
     parser.add_argument("--build", help="an nld-build output, for the onnxruntime/tensorrt backends")
@@ -203,8 +202,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--status-port", type=int, help="serve /health and /metrics on this port")
     parser.add_argument("--max-batch", type=int, default=EngineSettings.max_batch)
     parser.add_argument("--kv-blocks", type=int, default=EngineSettings.kv_blocks)
-    parser.add_argument("--discovery-backend", default=os.environ.get("DYN_DISCOVERY_BACKEND", "file"))
+    parser.add_argument(
+        "--discovery-backend",
+        choices=["file", "etcd", "kubernetes", "mem"],
+        default=os.environ.get("DYN_DISCOVERY_BACKEND", "file"),
+        help="as the frontend's (default: $DYN_DISCOVERY_BACKEND or file)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from nld.models import default_model_dir
+
+    parser = argument_parser()
     args = parser.parse_args(argv)
+    if args.status_port is not None and not 0 < args.status_port < 32768:
+        parser.error(f"--status-port must be in [1, 32767] (Dynamo reads it as an i16), got {args.status_port}")
     args.model = str(args.model or default_model_dir())
     args.name = args.name or default_served_name(args.model)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -10,6 +10,8 @@ METRICS = {  # name: (kind, description)
     "nld_tokens_total": ("COUNTER", "tokens generated"),
     "nld_forwards_total": ("COUNTER", "batched forward passes run by the engine"),
     "nld_accepted_tokens_total": ("COUNTER", "tokens accepted by self-speculation verify steps"),
+    "nld_verify_steps_total": ("COUNTER", "self-speculation verify steps of finished requests"),
+    "nld_request_forwards_total": ("COUNTER", "decode forwards of finished requests, each counted per request"),
     "nld_kv_blocks_in_use": ("GAUGE", "KV pool blocks held by running requests"),
     "nld_kv_blocks_free": ("GAUGE", "KV pool blocks free"),
 }
@@ -23,6 +25,8 @@ def engine_samples(engine: Engine) -> dict[tuple[str, str], float]:
         ("nld_tokens_total", ""): counters.get("tokens", 0),
         ("nld_forwards_total", ""): counters.get("forwards", 0),
         ("nld_accepted_tokens_total", ""): counters.get("accepted_tokens", 0),
+        ("nld_verify_steps_total", ""): counters.get("verify_steps", 0),
+        ("nld_request_forwards_total", ""): counters.get("request_forwards", 0),
         ("nld_kv_blocks_in_use", ""): engine.pool.used_blocks,
         ("nld_kv_blocks_free", ""): engine.pool.free_blocks,
     }

@@ -200,6 +200,24 @@ def test_health_and_metrics(server: OpenAIRun) -> None:
             assert name in samples, name
 
 
+def test_bench_through_the_openai_api_counts_what_in_process_counts(server: OpenAIRun) -> None:
+    """`nld bench --openai`'s sweep: same tokens, tokens/forward and acceptance as in process (greedy,
+    one user at a time), from the workers' counters."""
+    from nld.bench.prompts import BenchPrompt
+    from nld.bench.sweep import BenchSettings, in_process, run_sweep, served_openai
+
+    prompts = [BenchPrompt("code", text) for text in PROMPTS[:3]]
+    settings = BenchSettings(modes=("linear-spec",), concurrency=(1,), max_new_tokens=16, warmup=0)
+    metrics = [f"http://{HOST}:{port}/metrics" for port in server.workers().values()]
+    (remote,) = run_sweep(served_openai(server.url, NAME, metrics, tokenizer(), prompts, settings), 3, settings)
+    (local,) = run_sweep(
+        in_process(load_backend(str(default_model_dir())), tokenizer(), prompts, settings), 3, settings
+    )
+    for key in ("requests", "output_tokens", "tokens_per_forward", "acceptance_length"):
+        assert remote[key] == local[key], key
+    assert remote["ttft_ms_p50"] > 0 and remote["itl_ms_p50"] is not None
+
+
 def test_everything_listens_on_loopback_only(server: OpenAIRun) -> None:
     addresses = listening_addresses(process_tree(server.process.pid))
     print(f"listening: {addresses}")
