@@ -188,15 +188,16 @@ def _serve_until_stopped(
     stopped, 1 when `failure` said why, 130 when stopped while starting."""
     serving, stopping = threading.Event(), threading.Event()
 
-    def on_sigterm(*_: object) -> None:
-        if not serving.is_set():  # still starting: stop as on Ctrl-C
+    def on_signal(*_: object) -> None:
+        if not serving.is_set():  # still starting: start() stops what it started
             raise KeyboardInterrupt
         stopping.set()
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, on_signal)
     try:
         start()
-    except KeyboardInterrupt:  # start() stopped what it started
+    except KeyboardInterrupt:
         print(f"{what} stopped", file=sys.stderr)
         return 130
     serving.set()
@@ -208,9 +209,9 @@ def _serve_until_stopped(
             if problem is not None:
                 print(f"nld: error: {problem}", file=sys.stderr)
                 return 1
-    except KeyboardInterrupt:
-        pass
     finally:
+        for number in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the stop short
+            signal.signal(number, signal.SIG_IGN)
         stop()
         print(f"{what} stopped", file=sys.stderr)
     return 0

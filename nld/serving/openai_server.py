@@ -222,6 +222,7 @@ def _port_free(host: str, port: int) -> bool:
     import socket
 
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no holder
         try:
             probe.bind((host, port))
         except OSError:
