@@ -38,6 +38,25 @@ OPENAI_NAMES = {"max_new_tokens": "max_tokens"}  # our field -> the OpenAI reque
 ANNOTATION_FIELDS: dict[str, Callable[[str], Any]] = {"block_length": int, "threshold": float}
 FINISH_REASONS = {"stop": "eos", "length": "length", "cancelled": "cancelled", "error": "error"}
 PLAIN_CHAT_TEMPLATE = Path(__file__).with_name("plain_chat.jinja")  # for checkpoints that ship none
+# Request fields the engine does not implement yet (issue 23): refused by name rather than ignored.
+# (section of Dynamo's request, field, OpenAI name); a field counts as set unless None/False/0 (n: 1).
+UNSUPPORTED = (
+    ("sampling_options", "top_k", "top_k"),
+    ("sampling_options", "min_p", "min_p"),
+    ("sampling_options", "presence_penalty", "presence_penalty"),
+    ("sampling_options", "frequency_penalty", "frequency_penalty"),
+    ("sampling_options", "repetition_penalty", "repetition_penalty"),
+    ("sampling_options", "n", "n"),
+    ("sampling_options", "best_of", "best_of"),
+    ("sampling_options", "use_beam_search", "use_beam_search"),
+    ("sampling_options", "guided_decoding", "response_format"),
+    ("output_options", "logprobs", "logprobs"),
+    ("output_options", "prompt_logprobs", "prompt_logprobs"),
+    ("stop_conditions", "stop_token_ids", "stop_token_ids"),
+    ("stop_conditions", "min_tokens", "min_tokens"),
+    ("stop_conditions", "ignore_eos", "ignore_eos"),
+)
+NEUTRAL_VALUES = {"n": (1,), "best_of": (1,), "repetition_penalty": (1.0,)}
 
 
 def special_affixes(tokenizer: NLDTokenizer) -> tuple[list[int], list[int]]:
@@ -49,6 +68,15 @@ def special_affixes(tokenizer: NLDTokenizer) -> tuple[list[int], list[int]]:
         if full[start : start + len(plain)] == plain:
             return full[:start], full[start + len(plain) :]
     return [], []
+
+
+def refuse_unsupported(request: dict[str, Any]) -> None:
+    """ParameterError naming the first field of UNSUPPORTED the request sets."""
+    for section, key, name in UNSUPPORTED:
+        value = (request.get(section) or {}).get(key)
+        if value in (None, False, 0, [], {}) or value in NEUTRAL_VALUES.get(key, ()):
+            continue
+        raise ParameterError(name, f"not supported by nld yet (got {value!r})")
 
 
 def parse_annotations(annotations: list[str] | None) -> dict[str, Any]:
@@ -85,6 +113,7 @@ class NLDHandler:
 
     def parse(self, request: dict[str, Any]) -> tuple[list[int], str, GenerationParams]:
         """(prompt ids, mode, params) of a Dynamo request; ParameterError when out of bounds."""
+        refuse_unsupported(request)
         sampling = request.get("sampling_options") or {}
         stops = request.get("stop_conditions") or {}
         extra = parse_annotations(request.get("annotations"))
