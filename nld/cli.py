@@ -19,6 +19,7 @@ from nld.evaluate import eval_token_stream, evaluate_modes, markdown_table, perp
 from nld.generate import generate, load_backend
 from nld.models import default_model_dir
 from nld.modes import MODES, GenerationParams
+from nld.serving.detokenize import IncrementalText
 from nld.tokenizer import NLDTokenizer
 
 
@@ -135,7 +136,16 @@ def run_generate(args: argparse.Namespace) -> int:
         use_adapter=not args.no_lora,
         reference_semantics=args.reference_semantics,
     )
-    result = generate(backend, prompt_ids, args.mode, params)
+    streamer = None
+    if tokenizer is not None and not args.json:  # text as it becomes final, as `nld client` prints it
+        text = IncrementalText(tokenizer.tokenizer)
+
+        def streamer(ids: list[int]) -> None:
+            print(text.push(ids), end="", flush=True)
+
+    result = generate(backend, prompt_ids, args.mode, params, streamer)
+    if streamer is not None:
+        print(text.flush())
     record = {
         "mode": args.mode,
         "prompt_ids": prompt_ids,
@@ -152,7 +162,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record))
     else:
-        print(record.get("text", " ".join(map(str, result.new_ids))))
+        if streamer is None:
+            print(" ".join(map(str, result.new_ids)))
         print(
             f"[{args.mode}] {len(result.new_ids)} tokens, nfe {result.nfe}, "
             f"{record['tokens_per_forward']} tokens/forward, {record['seconds']} s ({result.finish_reason})",

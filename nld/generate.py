@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from nld.errors import NLDError
@@ -19,9 +20,14 @@ def cache_capacity(prompt_length: int, mode: str, params: GenerationParams, bloc
 
 
 def generate(
-    backend: StepBackend, prompt_ids: list[int], mode: str, params: GenerationParams | None = None
+    backend: StepBackend,
+    prompt_ids: list[int],
+    mode: str,
+    params: GenerationParams | None = None,
+    on_tokens: Callable[[list[int]], None] | None = None,
 ) -> Generation:
-    """Decode `prompt_ids` with `mode` (ar | diffusion | linear-spec | quadratic-spec)."""
+    """Decode `prompt_ids` with `mode` (ar | diffusion | linear-spec | quadratic-spec); `on_tokens` hears
+    the ids that became final after each step."""
     if mode not in MODES:
         raise ValueError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")
     params = params or GenerationParams()
@@ -29,7 +35,7 @@ def generate(
     check_request(backend.config, mode, len(prompt_ids), params)
     cache = backend.new_cache(cache_capacity(len(prompt_ids), mode, params, backend.config.block_size))
     decoding = Decoding(backend.config, prompt_ids, params, cache, mode, backend.has_adapter)
-    return run_policy(backend, decoding, MODES[mode])
+    return run_policy(backend, decoding, MODES[mode], on_tokens)
 
 
 def load_backend(

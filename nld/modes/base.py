@@ -154,15 +154,32 @@ class Decoding:
 PolicyFactory = Callable[[Decoding], Policy]
 
 
-def run_policy(backend: StepBackend, decoding: Decoding, policy: PolicyFactory) -> Generation:
-    """Drive one policy to completion on `backend`, one step at a time."""
+def run_policy(
+    backend: StepBackend,
+    decoding: Decoding,
+    policy: PolicyFactory,
+    on_tokens: Callable[[list[int]], None] | None = None,
+) -> Generation:
+    """Drive one policy to completion on `backend`, one step at a time; `on_tokens` hears the ids that
+    became final after each step (as the engine streams them)."""
     started = time.perf_counter()
     steps = policy(decoding)
+    sent = 0
+
+    def report() -> None:
+        nonlocal sent
+        new_ids = decoding.state.new_ids
+        if on_tokens is not None and len(new_ids) > sent:
+            on_tokens(list(new_ids[sent:]))
+            sent = len(new_ids)
+
     try:
         request = next(steps)
         while True:
             request = steps.send(step_one(backend, request))
+            report()
     except StopIteration:
         pass
+    report()
     decoding.state.seconds = time.perf_counter() - started
     return decoding.state

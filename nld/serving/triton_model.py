@@ -86,7 +86,7 @@ class TritonPythonModel:
                 tensors[name] = None if tensor is None else tensor.as_numpy()
             parsed = parse_inputs(tensors, self.default_mode, self.default_max_tokens, self.max_prompt_bytes)
             prompt_ids = self.tokenizer.encode_prompt(parsed.text)
-            text = IncrementalText(self.tokenizer.decode)
+            text = IncrementalText(self.tokenizer.tokenizer)
             pending: list[int] = []
 
             def listen(update: Update) -> None:

@@ -112,3 +112,25 @@ def test_cli_errors_are_one_line(extra: list[str], message: str) -> None:
     )
     assert run.returncode == 2, run.stderr
     assert message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_generate_reports_tokens_as_they_become_final() -> None:
+    """generate(on_tokens=...) hears the output in order, once per step that made tokens final."""
+    from nld.generate import load_backend
+    from nld.models import default_model_dir
+
+    backend = load_backend(str(default_model_dir()))
+    for mode in MODES:
+        heard: list[list[int]] = []
+        result = generate(backend, [1, 482, 796, 11], mode, GenerationParams(max_new_tokens=24), heard.append)
+        assert [token for ids in heard for token in ids] == result.new_ids, mode
+        assert len(heard) > 2 and all(heard), mode  # streamed, not reported once at the end
+
+
+def test_generate_prints_the_streamed_text(capsys: pytest.CaptureFixture[str]) -> None:
+    for mode in MODES:
+        command = ["generate", "--mode", mode, "--prompt", "def add(a, b):", "--max-new-tokens", "24"]
+        assert main(command) == 0
+        streamed = capsys.readouterr().out
+        assert main([*command, "--json"]) == 0
+        assert streamed == json.loads(capsys.readouterr().out)["text"] + "\n", mode
