@@ -1,12 +1,14 @@
 """A step backend that runs the exported ONNX step network with onnxruntime (CPU).
 
 `from_checkpoint` exports the network on the fly (one graph, plus one with the draft adapter baked in
-when the checkpoint has one) into a cache folder, or loads graphs exported earlier from `onnx_dir`.
+when the checkpoint has one) into a temporary folder, removed once the sessions hold the graphs, or
+loads graphs exported earlier from `onnx_dir`.
 The KV caches stay torch tensors on the host; each step feeds them as NumPy views.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -82,16 +84,20 @@ class OnnxRuntimeBackend(PaddedBatchBackend):
         if torch_dtype == torch.bfloat16:
             raise NLDError("onnxruntime's CPU provider has no bfloat16 kernels: use --dtype float32 or float16")
         folder = Path(onnx_dir) if onnx_dir else Path(tempfile.mkdtemp(prefix="nld-onnx-"))
-        adapters = [False, True] if checkpoint.adapter is not None else [False]
-        graphs = {adapter: folder / GRAPH_FILES[adapter] for adapter in adapters}
-        for path in graphs.values():
-            _check_graph_dtype(path, torch_dtype)
-        missing = [adapter for adapter, path in graphs.items() if not path.exists()]
-        if missing:
-            model = NLDTransformer.from_checkpoint(checkpoint, torch_dtype)
-            for adapter in missing:
-                export_step_onnx(model, graphs[adapter], adapter=adapter)
-        return cls(checkpoint.config, graphs, torch_dtype)
+        try:
+            adapters = [False, True] if checkpoint.adapter is not None else [False]
+            graphs = {adapter: folder / GRAPH_FILES[adapter] for adapter in adapters}
+            for path in graphs.values():
+                _check_graph_dtype(path, torch_dtype)
+            missing = [adapter for adapter, path in graphs.items() if not path.exists()]
+            if missing:
+                model = NLDTransformer.from_checkpoint(checkpoint, torch_dtype)
+                for adapter in missing:
+                    export_step_onnx(model, graphs[adapter], adapter=adapter)
+            return cls(checkpoint.config, graphs, torch_dtype)
+        finally:  # the sessions hold the graphs in memory: an on-the-fly export leaves no folder behind
+            if onnx_dir is None:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, past: list[KV], adapter: bool

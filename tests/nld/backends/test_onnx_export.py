@@ -50,3 +50,17 @@ def test_step_graph_signature(tmp_path: Path, dtype: torch.dtype) -> None:
     assert external and {entry.value for w in external for entry in w.external_data if entry.key == "location"} == {
         "step.onnx.data"
     }
+
+
+def test_an_on_the_fly_export_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The onnxruntime backend's sessions hold the graphs: the export folder goes once they are open,
+    and the backend still decodes."""
+    import tempfile
+
+    from nld.backends import BACKENDS
+    from nld.generate import generate
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    backend = BACKENDS["onnxruntime"].from_checkpoint(load_checkpoint(fixture_dir("tiny_b8"), with_adapter=True))
+    assert list(tmp_path.glob("nld-onnx-*")) == []  # (torch may leave its own caches there)
+    assert len(generate(backend, [1, 5, 9], "linear-spec").new_ids) > 0
