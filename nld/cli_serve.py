@@ -15,7 +15,7 @@ from nld.errors import NLDError
 from nld.serving.client import NLDClient
 from nld.serving.inputs import REQUEST_MODES
 from nld.serving.openai_server import ROUTER_FLAGS, OpenAIServer, OpenAISettings
-from nld.serving.repository import RepositorySettings, write_repository
+from nld.serving.repository import RepositorySettings, check_servable, write_repository
 from nld.serving.served_names import default_served_name
 from nld.serving.server import ServerSettings, TritonServer
 
@@ -116,6 +116,7 @@ def run_repo(args: argparse.Namespace, model_dir: str) -> int:
         default_max_tokens=args.default_max_tokens,
         auto_threshold=args.auto_threshold,
     )
+    check_servable(settings)
     print(write_repository(args.output, settings))
     return 0
 
@@ -143,11 +144,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_serve_openai(args: argparse.Namespace, model_dir: str) -> int:
+    build = str(args.build.resolve()) if args.build else ""
+    check_servable(RepositorySettings(model_dir, args.backend, build, args.dtype, args.device))  # before any start
     options = ["--model", model_dir, "--backend", args.backend, "--dtype", args.dtype, "--device", args.device]
     options += ["--default-mode", args.default_mode, "--max-batch", str(args.max_batch)]
     options += ["--kv-blocks", str(args.kv_blocks), "--auto-threshold", str(args.auto_threshold)]
-    if args.build:
-        options += ["--build", str(args.build.resolve())]
+    if build:
+        options += ["--build", build]
     settings = OpenAISettings(
         name=args.name or default_served_name(model_dir),
         worker_options=tuple(options),

@@ -27,6 +27,7 @@ from nld.errors import NLDError
 from nld.owners import add_owner, owned_tempdir, remove_stale
 from nld.serving.lifetime import BoundProcess, FolderJanitor
 from nld.serving.served_names import DEFAULT_ENDPOINT, served_names
+from nld.serving.server import port_free
 
 WORKDIR_PREFIX = "nld-openai-"
 ROUTER_FLAGS = {  # --router: the frontend's flags
@@ -133,7 +134,7 @@ class OpenAIServer:
         self.workdir = owned_tempdir(WORKDIR_PREFIX)
         try:
             self._janitor = FolderJanitor(self.workdir)
-            if not _port_free(self.settings.host, self.settings.http_port):
+            if not port_free(self.settings.host, self.settings.http_port):
                 raise NLDError(f"--http-port {self.settings.http_port}: already in use on {self.settings.host}")
             env = self.environment()
             output = {"stdin": subprocess.DEVNULL, "stdout": sys.stderr.fileno(), "stderr": sys.stderr.fileno()}
@@ -211,20 +212,8 @@ STATUS_PORTS = range(20000, 32768)  # Dynamo reads DYN_SYSTEM_PORT as an i16
 def free_status_port(host: str) -> int:
     """A port free on `host` now that Dynamo takes for a status server (below 32768)."""
     for port in random.sample(STATUS_PORTS, 200):
-        if _port_free(host, port):
+        if port_free(host, port):
             return port
     raise NLDError(
         f"no free port in {STATUS_PORTS.start}-{STATUS_PORTS.stop - 1} on {host} for a worker's status server"
     )
-
-
-def _port_free(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no holder
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True

@@ -17,6 +17,7 @@ from nld.checkpoint import load_checkpoint
 from nld.errors import NLDError
 from nld.serving.inputs import INPUTS, REQUEST_MODES, REQUIRED
 from nld.staging import staged_directory
+from nld.tokenizer import TOKENIZER_FILE
 
 MODEL_NAME = "nld"
 
@@ -38,11 +39,31 @@ class RepositorySettings:
     auto_threshold: int = 4
 
     def check(self) -> None:
+        from nld.backends import BACKENDS, BUILD_ARTIFACTS
+
+        if self.backend not in BACKENDS:
+            raise NLDError(f"--backend '{self.backend}' is not one of {', '.join(BACKENDS)}")
+        if self.build_dir and self.backend not in BUILD_ARTIFACTS:
+            raise NLDError(f"--build applies to the {' and '.join(BUILD_ARTIFACTS)} backends, not '{self.backend}'")
         if self.default_mode not in REQUEST_MODES:
             raise NLDError(f"default_mode '{self.default_mode}' is not one of {', '.join(REQUEST_MODES)}")
         for name in ("max_batch", "kv_blocks", "kv_block_tokens", "default_max_tokens", "auto_threshold"):
             if getattr(self, name) < 1:
                 raise NLDError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def check_servable(settings: RepositorySettings) -> None:
+    """What the server would only find out while loading the model: the build's artifacts for the
+    backend and the tokenizer (the server takes text prompts)."""
+    from nld.backends import BUILD_ARTIFACTS
+
+    settings.check()
+    if settings.build_dir:
+        folder = Path(settings.build_dir) / BUILD_ARTIFACTS[settings.backend][1]
+        if not folder.is_dir():
+            raise NLDError(f"--build {settings.build_dir}: no {folder.name}/ for the {settings.backend} backend")
+    if not (Path(settings.model_dir) / TOKENIZER_FILE).is_file():
+        raise NLDError(f"{settings.model_dir}: no {TOKENIZER_FILE}; the server takes text prompts")
 
 
 def render_inputs() -> str:

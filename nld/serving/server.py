@@ -49,6 +49,18 @@ class ServerSettings:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now (bound as servers bind: SO_REUSEADDR, so a
+    connection in TIME_WAIT does not count as a holder)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port the OS reports free on `host` now."""
     with socket.socket() as probe:
@@ -161,6 +173,14 @@ class TritonServer:
                 f"{repository}: not a model repository (no {MODEL_NAME}/config.pbtxt); write one with nld repo"
             )
         binary = find_tritonserver(self.settings.tritonserver)
+        s = self.settings
+        for flag, port in (
+            ("--grpc-port", s.grpc_port),
+            ("--http-port", s.http_port),
+            ("--metrics-port", s.metrics_port),
+        ):
+            if not port_free(s.host, port):  # else tritonserver would fail only after the model loaded
+                raise NLDError(f"{flag} {port}: already in use on {s.host}")
         remove_stale_runs()
         self._workdir = workdir = owned_tempdir(WORKDIR_PREFIX)
         try:

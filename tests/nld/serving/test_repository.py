@@ -39,3 +39,28 @@ def test_bad_settings_fail_before_anything_is_written(tmp_path: Path) -> None:
     with pytest.raises((ConfigError, CheckpointError)):
         write_repository(tmp_path / "repo", RepositorySettings(str(tmp_path)))
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--backend", "bogus"], "--backend 'bogus' is not one of torch, onnxruntime, tensorrt"),
+        (["--build", "{tmp}"], "--build applies to the onnxruntime and tensorrt backends, not 'torch'"),
+        (["--build", "{tmp}", "--backend", "onnxruntime"], "no onnx/ for the onnxruntime backend"),
+        (["--model", "{fixture}"], "no tokenizer.json; the server takes text prompts"),
+    ],
+)
+def test_nld_repo_refuses_what_the_server_would_fail_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    """Refused by `nld repo` at once (and by `nld serve-openai` before it starts anything), not in a
+    Triton log 28 s later."""
+    from nld.cli import main
+    from tests.conftest import fixture_dir
+
+    filled = [o.format(tmp=tmp_path, fixture=fixture_dir("tiny_b8")) if "{" in o else o for o in options]
+    assert main(["repo", *filled, "--output", str(tmp_path / "repo")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()
+    assert main(["serve-openai", *filled, "--http-port", "1"]) == 2
+    assert message in capsys.readouterr().err
