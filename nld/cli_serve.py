@@ -220,6 +220,14 @@ def _serve_until_stopped(
     return 0
 
 
+def _mode_label(asked: str | None, ran: str | None) -> str:
+    """`ar`, `auto -> linear-spec`, `server default -> linear-spec`."""
+    asked = asked or "server default"
+    if ran is None or ran == asked:
+        return asked
+    return f"{asked} -> {ran}"
+
+
 def run_client(args: argparse.Namespace) -> int:
     options = {
         "mode": args.mode,
@@ -233,14 +241,15 @@ def run_client(args: argparse.Namespace) -> int:
     }
     show = None if args.json else (lambda piece: print(piece, end="", flush=True))
     with NLDClient(args.url) as client:
+        client.check_live()
         result = client.generate(args.prompt, on_piece=show, **options)
     if args.json:
         print(json.dumps(result.__dict__))
     else:
         print()
         print(
-            f"[{args.mode or 'server default'}] {len(result.output_ids)} tokens, nfe {result.nfe}, "
-            f"{result.tokens_per_forward:.3f} tokens/forward ({result.finish_reason})",
+            f"[{_mode_label(args.mode, result.mode)}] {len(result.output_ids)} tokens, {result.forwards} forwards "
+            f"({result.tokens_per_forward:.3f} tokens/forward), nfe {result.nfe} ({result.finish_reason})",
             file=sys.stderr,
         )
     return 0

@@ -35,6 +35,7 @@ class ClientResult:
     tokens_per_forward: float | None = None
     forwards: int | None = None
     acceptance_lengths: list[int] = field(default_factory=list)
+    mode: str | None = None  # the mode that ran (what `auto` chose)
 
 
 def build_inputs(values: dict[str, Any]) -> list[Any]:
@@ -56,6 +57,11 @@ def build_inputs(values: dict[str, Any]) -> list[Any]:
     return inputs
 
 
+def _short(error: BaseException) -> str:
+    text = error.message() if hasattr(error, "message") else str(error)
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _is_final(result: Any) -> bool:
     parameters = result.get_response().parameters
     return "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
@@ -69,6 +75,15 @@ class NLDClient:
 
         self.url = url
         self.client = grpcclient.InferenceServerClient(url)
+
+    def check_live(self, timeout: float = 10.0) -> None:
+        """NLDError naming the URL when no server answers there."""
+        try:
+            live = self.client.is_server_live(client_timeout=timeout)
+        except Exception as error:  # tritonclient raises its own exception with a gRPC status
+            raise NLDError(f"no Triton server answers at {self.url} ({_short(error)}); is nld serve running?") from None
+        if not live:
+            raise NLDError(f"the server at {self.url} is not live")
 
     def close(self) -> None:
         self.client.close()
@@ -128,6 +143,8 @@ class NLDClient:
                     result.nfe = int(response.as_numpy("nfe").reshape(-1)[0])  # type: ignore[union-attr]
                     result.tokens_per_forward = float(response.as_numpy("tokens_per_forward").reshape(-1)[0])  # type: ignore[union-attr]
                     result.forwards = int(response.as_numpy("forwards").reshape(-1)[0])  # type: ignore[union-attr]
+                    ran = response.as_numpy("decoded_mode")
+                    result.mode = None if ran is None else ran.reshape(-1)[0].decode("utf-8")
                     result.acceptance_lengths = response.as_numpy("acceptance_lengths").reshape(-1).tolist()  # type: ignore[union-attr]
                 if _is_final(response):
                     break

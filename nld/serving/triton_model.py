@@ -122,6 +122,7 @@ class TritonPythonModel:
                 "tokens_per_forward": generation.tokens_per_forward,
                 "forwards": generation.forwards,
                 "acceptance_lengths": generation.acceptance_lengths,
+                "decoded_mode": generation.mode,
             }
         sender.send(self._response(piece, pending, stats), flags=final)
         self._publish_metrics()
@@ -138,6 +139,7 @@ class TritonPythonModel:
                 self.pb.Tensor("tokens_per_forward", np.array([stats["tokens_per_forward"]], dtype=np.float32)),
                 self.pb.Tensor("forwards", np.array([stats["forwards"]], dtype=np.int32)),
                 self.pb.Tensor("acceptance_lengths", np.array(stats["acceptance_lengths"], dtype=np.int32)),
+                self.pb.Tensor("decoded_mode", np.array([stats["decoded_mode"].encode()], dtype=np.object_)),
             ]
         return self.pb.InferenceResponse(output_tensors=tensors)
 

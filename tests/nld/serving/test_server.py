@@ -58,6 +58,7 @@ def test_streamed_output_equals_in_process_generate(server: ServerSettings, loca
     generation = generate(backend, tokenizer.encode_prompt(PROMPT), mode, GenerationParams(40))
     assert streamed.forwards == generation.forwards
     assert streamed.acceptance_lengths == generation.acceptance_lengths
+    assert streamed.mode == whole.mode == mode
 
 
 def test_sixteen_concurrent_mixed_requests(server: ServerSettings, local: tuple) -> None:
@@ -140,6 +141,34 @@ def test_client_command_prints_the_answer(server: ServerSettings, local: tuple) 
     )
     record = json.loads(run.stdout)
     assert record["output_ids"] == expected(local, PROMPT, "quadratic-spec", 16)
+    assert record["mode"] == "quadratic-spec"
+
+
+def test_client_command_says_which_mode_auto_ran_and_counts_forwards(server: ServerSettings) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "nld.cli", "client", "--url", server.grpc_url, "--prompt", PROMPT, "--mode", "auto"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    summary = run.stderr.strip().splitlines()[-1]
+    assert summary.startswith(("[auto -> linear-spec]", "[auto -> ar]")), summary
+    assert " forwards (" in summary and "tokens/forward), nfe " in summary, summary
+
+
+def test_client_command_without_a_server_names_the_url() -> None:
+    from nld.serving.server import free_port
+
+    url = f"127.0.0.1:{free_port()}"
+    run = subprocess.run(
+        [sys.executable, "-m", "nld.cli", "client", "--url", url, "--prompt", PROMPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert f"no Triton server answers at {url}" in run.stderr
 
 
 def test_serve_refuses_a_folder_that_is_not_a_repository(tmp_path: Path) -> None:
