@@ -15,6 +15,7 @@ from pathlib import Path
 
 from nld.builder.interrupts import Interrupted, stop_on_signals
 from nld.builder.skus import PRECISIONS, SKUS, get_sku, targets_table
+from nld.cli_help import show_defaults
 from nld.errors import NLDError
 from nld.models import default_model_dir
 
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory-fraction", type=float, default=0.9, help="share of device memory to plan for")
     parser.add_argument("--dry-run", action="store_true", help="print the build plan and stop")
     parser.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
-    return parser
+    return show_defaults(parser)
 
 
 def _run(args: argparse.Namespace) -> int:

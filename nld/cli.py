@@ -12,6 +12,7 @@ from pathlib import Path
 from nld.backends.torch_backend import DTYPES
 from nld.checkpoint import NonFiniteWeightsWarning
 from nld.cli_bench import add_bench_command
+from nld.cli_help import show_defaults
 from nld.cli_quantize import add_quantize_commands
 from nld.cli_serve import add_serving_commands
 from nld.errors import NLDError
@@ -38,7 +39,7 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     prompt.add_argument("--prompt", help="prompt text (needs tokenizer.json; chat template applied when present)")
     prompt.add_argument("--prompt-ids", type=_prompt_ids, help="prompt as comma-separated token ids")
     parser.add_argument("--no-chat-template", action="store_true", help="encode --prompt as raw text")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", "--max-tokens", type=int, default=128, help="tokens to generate at most")
     parser.add_argument("--block-length", type=int, help="block size (default: config block_size; 16 for quadratic)")
     parser.add_argument("--threshold", type=float, help="confidence threshold for committing / draft filling")
     parser.add_argument("--no-causal-context", action="store_true", help="diffusion: bidirectional prefill/commit")
@@ -74,7 +75,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     _add_model_options(parser)
     parser.add_argument("--prompts", type=int, default=32, help="held-out prompts per mode")
     parser.add_argument("--prompt-length", type=int, default=64, help="tokens per prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", "--max-tokens", type=int, default=64, help="tokens per prompt at most")
     parser.add_argument("--block-length", type=int, help="block size (default: the config's)")
     parser.add_argument("--perplexity-windows", type=int, default=32, help="held-out windows of 256 tokens")
     parser.add_argument("--no-lora", action="store_true", help="ignore the draft adapter")
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serving_commands(subparsers, _add_model_options, _model_dir)
     add_quantize_commands(subparsers, _model_dir)
     add_bench_command(subparsers, _add_model_options, _model_dir)
-    return parser
+    return show_defaults(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

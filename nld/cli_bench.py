@@ -34,7 +34,9 @@ def add_bench_command(
     parser.add_argument("--modes", default=",".join(defaults.modes), help="comma-separated decoding modes")
     parser.add_argument("--concurrency", type=_levels, default=defaults.concurrency, help="levels, e.g. 1,4,16")
     parser.add_argument("--prompts", type=Path, help="JSONL with a 'prompt' (and 'category') per line")
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument(
+        "--max-new-tokens", "--max-tokens", type=int, default=defaults.max_new_tokens, help="tokens per request"
+    )
     parser.add_argument("--warmup", type=int, default=defaults.warmup, help="unmeasured requests per point")
     parser.add_argument("--repeat", type=int, default=defaults.repeat, help="passes over the prompt set per point")
     parser.add_argument("--out", type=Path, default=Path("bench"), help="folder for the JSON, table and charts")

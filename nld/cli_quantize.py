@@ -26,7 +26,9 @@ def add_quantize_commands(
     parser = subparsers.add_parser("quant-report", help="quantize in memory and report the cost per mode")
     _add_recipe_options(parser, defaults)
     parser.add_argument("--prompts", type=int, default=defaults.prompts, help="held-out prompts per mode")
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument(
+        "--max-new-tokens", "--max-tokens", type=int, default=defaults.max_new_tokens, help="tokens per prompt"
+    )
     parser.add_argument(
         "--perplexity-windows", type=int, default=defaults.perplexity_windows, help="held-out windows of 256 tokens"
     )

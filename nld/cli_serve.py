@@ -81,7 +81,9 @@ def add_serving_commands(
     client.add_argument("--prompt", required=True)
     client.add_argument("--url", default="127.0.0.1:8001", help="gRPC host:port")
     client.add_argument("--mode", choices=list(REQUEST_MODES), help="decoding mode (default: the server's)")
-    client.add_argument("--max-tokens", type=int)
+    client.add_argument(
+        "--max-tokens", "--max-new-tokens", type=int, help="tokens to generate at most (default: the server's)"
+    )
     client.add_argument("--no-stream", action="store_true", help="one response at the end instead of a stream")
     client.add_argument("--temperature", type=float)
     client.add_argument("--top-p", type=float)

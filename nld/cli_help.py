@@ -1,0 +1,34 @@
+"""`--help` that shows every option's default, for `nld` and `nld-build` alike."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _worth_printing(default: object) -> bool:
+    return not any(default is nothing for nothing in (None, False, argparse.SUPPRESS))  # `is`: 0.0 == False
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Appends `(default: X)` to an option's help when it has a default worth printing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "%(default)" in text or not _worth_printing(action.default) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give `parser` and its subcommands the DefaultsFormatter; options without help text but with a
+    default get `(default: X)` as their help (argparse prints no line for an empty help)."""
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        current.formatter_class = DefaultsFormatter
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.help is None and action.option_strings and _worth_printing(action.default):
+                action.help = "(default: %(default)s)"
+    return parser
