@@ -46,8 +46,9 @@ def add_bench_command(
     target.add_argument("--openai", metavar="URL", help="benchmark an OpenAI endpoint (http://HOST:PORT/v1) instead")
     parser.add_argument(
         "--metrics-url",
-        help="Prometheus endpoint(s), comma-separated: with --url tritonserver's (default http://<host>:8002/metrics); "
-        "with --openai each worker's (nld serve-openai prints them), for tokens/forward and acceptance",
+        help="Prometheus endpoint(s), comma-separated: with --url tritonserver's (nld serve prints it), for "
+        "batched forwards; with --openai each worker's (nld serve-openai prints them), for tokens/forward "
+        "and acceptance",
     )
     parser.add_argument("--served-name", help="with --openai: the model name (default: as nld serve-openai names it)")
 
@@ -62,8 +63,9 @@ def add_bench_command(
         settings.check()
         prompts = load_prompts(args.prompts)
         if args.url:
-            host = args.url.rsplit(":", 1)[0]
-            metrics_url = args.metrics_url or f"http://{host}:8002/metrics"
+            metrics_url = args.metrics_url
+            if metrics_url is None:
+                print("nld bench: no --metrics-url: batched forwards are not measured", file=sys.stderr)
             measure = served(args.url, metrics_url, prompts, settings)
             context = {"url": args.url, "metrics_url": metrics_url, "backend": "server", "device": args.url}
         elif args.openai:

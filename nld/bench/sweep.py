@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,11 +132,26 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join([header, rule, *rows])
 
 
+def run_facts() -> dict:
+    """When and with what a run was measured: UTC date and the versions that decide the numbers."""
+    import datetime
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for package in ("nld", "torch", "onnxruntime", "tensorrt_rtx", "tritonclient", "ai-dynamo", "openai"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return {"date": when, "cpus": os.cpu_count(), "versions": versions}
+
+
 def write_results(out: Path, records: list[dict], context: dict) -> list[Path]:
     """In `out`: bench.json (context, records, crossover), bench.md (the table), crossover.json (when AR
     and linear-spec were both measured), pareto.png and histograms.png."""
     out.mkdir(parents=True, exist_ok=True)
-    context = {"host": platform.node(), "machine": platform.machine(), **context}
+    context = {"host": platform.node(), "machine": platform.machine(), **run_facts(), **context}
     modes = {record["mode"] for record in records}
     crossover = find_crossover(records) if {"ar", SPECULATIVE} <= modes else None
     written = [out / "bench.json", out / "bench.md"]

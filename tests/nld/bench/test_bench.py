@@ -37,7 +37,9 @@ def test_bench_smoke_writes_table_and_consistent_json(tmp_path: Path, capsys: py
     assert main([*args, "--max-new-tokens", "8", "--warmup", "0", "--out", str(tmp_path / "out")]) == 0
     table = capsys.readouterr().out
     assert table.startswith("| mode | users | TPF |") and table.count("\n| linear-spec |") == 2
-    records = json.loads((tmp_path / "out" / "bench.json").read_text())["records"]
+    written = json.loads((tmp_path / "out" / "bench.json").read_text())
+    records, context = written["records"], written["context"]
+    assert context["date"].startswith("20") and context["versions"]["torch"] and context["versions"]["python"]
     assert [(r["mode"], r["concurrency"]) for r in records] == [
         ("ar", 1),
         ("ar", 2),
