@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nld.corpus import evaluation_files, read_source, sample_windows, stdlib_corpus
 from nld.generate import generate
 from nld.modes import MODES, GenerationParams
 from nld.sampling import Sampler
 from nld.step import StepBackend, StepRequest, causal, step_one
-from nld.tiny.data import evaluation_files, read_source, sample_windows, stdlib_corpus
 from nld.tokenizer import NLDTokenizer
 
 

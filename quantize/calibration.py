@@ -20,10 +20,10 @@ import torch
 from tqdm import tqdm
 
 from nld.config import NLDConfig
+from nld.corpus import read_source, stdlib_corpus
 from nld.errors import NLDError
 from nld.jsonl import jsonl_records
 from nld.model import NLDTransformer
-from nld.tiny.data import read_source, stdlib_corpus
 from nld.tokenizer import NLDTokenizer
 
 

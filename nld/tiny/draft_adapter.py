@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from nld.backends import TorchBackend
+from nld.corpus import sample_windows
 from nld.generate import generate
 from nld.model import NLDTransformer
 from nld.modes import GenerationParams
-from nld.tiny.data import sample_windows
 from nld.tiny.greedy_chains import greedy_ids, greedy_rollouts
 
 Log = Callable[[str], None]

@@ -27,10 +27,11 @@ from tokenizers import Tokenizer
 
 from nld.backends import TorchBackend
 from nld.config import parse_config
+from nld.corpus import sample_windows, stdlib_corpus
 from nld.evaluate import perplexity
 from nld.model import NLDTransformer
 from nld.step import additive_bias, causal
-from nld.tiny.data import SPECIAL_TOKENS, encode_files, sample_windows, stdlib_corpus, train_tokenizer
+from nld.tiny.data import SPECIAL_TOKENS, encode_files, train_tokenizer
 from nld.tiny.draft_adapter import DraftAdapterSettings, distill_draft_adapter
 from nld.tiny.greedy_chains import greedy_block_chains, on_policy_windows
 from nld.tiny.model_files import nld_config_json, write_checkpoint

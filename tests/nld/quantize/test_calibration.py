@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from nld.config import load_config
+from nld.corpus import stdlib_corpus
 from nld.errors import NLDError
 from nld.models import default_model_dir
 from nld.quantize.calibration import calibration_windows, read_texts, two_mode_inputs
-from nld.tiny.data import stdlib_corpus
 from nld.tokenizer import NLDTokenizer
 
 

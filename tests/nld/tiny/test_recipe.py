@@ -6,7 +6,6 @@ import torch
 
 from nld.config import parse_config
 from nld.model import NLDTransformer
-from nld.tiny.data import SPECIAL_TOKENS, is_held_out, stdlib_corpus
 from nld.tiny.recipe import NoiseSchedule, add_noise, doubled_sequence_visibility, recipe_loss
 
 
@@ -103,14 +102,6 @@ def test_noisy_half_learns_the_given_source_and_clean_half_the_tokens() -> None:
     masked = drafts == 3
     assert (logits[:, :32].argmax(-1)[masked] == source[masked]).float().mean() > 0.9
     assert (logits[:, 32:-1].argmax(-1) == tokens[:, 1:]).float().mean() > 0.9
-
-
-def test_held_out_split_is_disjoint_and_stable() -> None:
-    corpus = stdlib_corpus()
-    assert corpus.held_out and corpus.train
-    assert not set(corpus.held_out) & set(corpus.train)
-    assert all(is_held_out(str(p.relative_to(corpus.root))) for p in corpus.held_out)
-    assert len(SPECIAL_TOKENS) == 4
 
 
 def test_each_phase_carries_its_own_diffusion_weight() -> None:

@@ -3,7 +3,7 @@
 then measure held-out linear- / quadratic-spec acceptance, tokens per forward and perplexity (the
 side-by-side table of docs/tiny_model.md). Nothing in the repository is changed.
 
-    python scripts/tiny_continuation_experiment.py --targets chain --steps 120 --diffusion-weight 1.0
+    python research/tiny_model/tiny_continuation_experiment.py --targets chain --steps 120 --diffusion-weight 1.0
 
 --targets: `data` (the NLD recipe on the data, i.e. the NLD phase, longer), `chain` (noisy blocks from the
 model's own greedy AR continuations), `mixed` (half the rows chains, half data) or `onpolicy` (chains on
@@ -28,16 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from nld.backends import TorchBackend
+from nld.corpus import sample_windows
 from nld.evaluate import eval_token_stream, perplexity, repeated_ngram_share, sample_prompts
 from nld.generate import generate
 from nld.models import default_model_dir
 from nld.modes import GenerationParams
 from nld.step import additive_bias, causal
 from nld.tiny import recipe
-from nld.tiny.data import sample_windows
 from nld.tiny.greedy_chains import greedy_block_chains, on_policy_windows
 from nld.tiny.recipe import NoiseSchedule, doubled_sequence_visibility, recipe_loss
 from nld.tiny.train import TrainSettings, chain_loss, new_model

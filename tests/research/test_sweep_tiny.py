@@ -1,4 +1,4 @@
-"""scripts/sweep_tiny.py end to end on the CPU: pack the data of a work folder, then train, evaluate and
+"""research/tiny_model/sweep_tiny.py end to end on the CPU: pack the data of a work folder, then train, evaluate and
 prompt a variant (a few steps per phase), and report it in a table and JSON."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from nld.tiny.train import TrainSettings, prepare_data
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "sweep_tiny.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "research" / "tiny_model" / "sweep_tiny.py"
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Why quadratic-spec accepts less than linear-spec: draft agreement by position and per-cycle acceptance.
 
-    python scripts/tiny_draft_agreement.py [--model DIR] [--prompts 32] [--out agreement.json]
+    python research/tiny_model/tiny_draft_agreement.py [--model DIR] [--prompts 32] [--out agreement.json]
 
 On `nld eval`'s held-out prompts (same draw), prints two tables:
 1. One-pass draft agreement with greedy AR, k tokens after the last known token s, for the draft shapes

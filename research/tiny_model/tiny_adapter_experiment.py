@@ -2,7 +2,7 @@
 """Issue 3 experiment: distil a draft adapter of a chosen rank / lr / length on the shipped tiny model
 (base frozen) and report held-out linear-spec acceptance with and without it (nothing is written).
 
-    python scripts/tiny_adapter_experiment.py --rank 128 --lr 0.002 --chunks 100 [--work build/tiny-train]
+    python research/tiny_model/tiny_adapter_experiment.py --rank 128 --lr 0.002 --chunks 100 [--work build/tiny-train]
 
 `--work` is a training work folder holding `tokens.npz` (scripts/train_tiny.py writes it).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from nld.checkpoint import load_checkpoint
 from nld.model import NLDTransformer

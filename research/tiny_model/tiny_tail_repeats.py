@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How much a training state's greedy continuations loop, against the real text they replace.
 
-    python scripts/tiny_tail_repeats.py --state build/tiny-w4-work/after-nld.pt [--windows 32]
+    python research/tiny_model/tiny_tail_repeats.py --state build/tiny-w4-work/after-nld.pt [--windows 32]
 
 Draws training windows (seq_len tokens, from the state's work folder), replaces the last
 chain_greedy_tokens of each with the model's greedy continuation (as the chain phase's on-policy windows
@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nld.corpus import sample_windows
 from nld.evaluate import repeated_ngram_share
-from nld.tiny.data import SPECIAL_TOKENS, sample_windows
+from nld.tiny.data import SPECIAL_TOKENS
 from nld.tiny.greedy_chains import greedy_rollouts
 from nld.tiny.train import TrainSettings, new_model
 

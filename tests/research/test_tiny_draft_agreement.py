@@ -1,4 +1,4 @@
-"""scripts/tiny_draft_agreement.py on the built-in model: both tables print and the JSON holds shares."""
+"""research/tiny_model/tiny_draft_agreement.py on the built-in model: both tables print and the JSON holds shares."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from nld.models import BUILTIN_MODEL
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "tiny_draft_agreement.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "research" / "tiny_model" / "tiny_draft_agreement.py"
 
 
 @pytest.mark.slow

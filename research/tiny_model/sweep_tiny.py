@@ -6,10 +6,10 @@ GPU run of the same settings is other arithmetic (bf16 kernels of another device
 model of the recipe. What a sweep measures is how a setting does across runs and seeds.
 
     # here: the token streams, the tokenizer and this interpreter's held-out evaluation files
-    python scripts/sweep_tiny.py pack --data build/tiny-train --into .sweep
+    python research/tiny_model/sweep_tiny.py pack --data build/tiny-train --into .sweep
     # on the GPU machine: every variant of a grid in parallel, each trained, evaluated and prompted
     source scripts/gpu_env.sh   # the GPU machine's python3 lacks this package installed
-    python3 scripts/sweep_tiny.py run --pack .sweep --grid chain-seeds --device cuda --out $OUT
+    python3 research/tiny_model/sweep_tiny.py run --pack .sweep --grid chain-seeds --device cuda --out $OUT
 
 Each variant runs `train_tiny.py` (from scratch, with the packed data), then `nld eval` on the packed
 held-out files and `nld generate` on a few code prompts, in its own process. `run` prints a table and
@@ -28,11 +28,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from nld.corpus import evaluation_files, stdlib_corpus  # noqa: E402
 from nld.evaluate import repeated_ngram_share  # noqa: E402
-from nld.tiny.data import evaluation_files, stdlib_corpus  # noqa: E402
 from nld.tiny.train import copy_token_data  # noqa: E402
 
 W3 = ("chain_diffusion_weight=3.0", "chain_real_ar_weight=3.0")
