@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nld.builder.interrupts import Interrupted, stop_on_signals
 from nld.builder.skus import PRECISIONS, SKUS, get_sku, targets_table
-from nld.cli_help import show_defaults
+from nld.cli_common import show_defaults
 from nld.errors import NLDError
 from nld.models import default_model_dir
 

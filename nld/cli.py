@@ -12,7 +12,7 @@ from pathlib import Path
 from nld.backends.torch_backend import DTYPES
 from nld.checkpoint import NonFiniteWeightsWarning
 from nld.cli_bench import add_bench_command
-from nld.cli_help import show_defaults
+from nld.cli_common import prompt_ids_type, show_defaults
 from nld.cli_quantize import add_quantize_commands
 from nld.cli_serve import add_serving_commands
 from nld.errors import NLDError
@@ -24,20 +24,13 @@ from nld.serving.detokenize import IncrementalText
 from nld.tokenizer import NLDTokenizer
 
 
-def _prompt_ids(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
-
-
 def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("generate", help="decode one prompt with a chosen mode")
     _add_model_options(parser)
     parser.add_argument("--mode", choices=list(MODES), default="linear-spec")
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (needs tokenizer.json; chat template applied when present)")
-    prompt.add_argument("--prompt-ids", type=_prompt_ids, help="prompt as comma-separated token ids")
+    prompt.add_argument("--prompt-ids", type=prompt_ids_type, help="prompt as comma-separated token ids")
     parser.add_argument("--no-chat-template", action="store_true", help="encode --prompt as raw text")
     parser.add_argument("--max-new-tokens", "--max-tokens", type=int, default=128, help="tokens to generate at most")
     parser.add_argument("--block-length", type=int, help="block size (default: config block_size; 16 for quadratic)")

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nld.bench.crossover import read_auto_threshold
+from nld.cli_common import prompt_ids_type
 from nld.errors import NLDError
 from nld.serving.client import NLDClient
 from nld.serving.inputs import REQUEST_MODES
 from nld.serving.openai_server import ROUTER_FLAGS, OpenAIServer, OpenAISettings
-from nld.serving.repository import RepositorySettings, check_servable, write_repository
+from nld.serving.repository import RepositorySettings, check_servable, has_tokenizer, write_repository
 from nld.serving.served_names import default_served_name
 from nld.serving.server import ServerSettings, TritonServer
 
@@ -78,7 +79,9 @@ def add_serving_commands(
     openai.set_defaults(handler=lambda args: run_serve_openai(args, model_dir(args)))
 
     client = subparsers.add_parser("client", help="send one prompt to a running server over gRPC")
-    client.add_argument("--prompt", required=True)
+    prompt = client.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text (the server tokenizes it)")
+    prompt.add_argument("--prompt-ids", type=prompt_ids_type, help="prompt as comma-separated token ids (input_ids)")
     client.add_argument("--url", default="127.0.0.1:8001", help="gRPC host:port")
     client.add_argument("--mode", choices=list(REQUEST_MODES), help="decoding mode (default: the server's)")
     client.add_argument(
@@ -118,7 +121,9 @@ def run_repo(args: argparse.Namespace, model_dir: str) -> int:
         default_max_tokens=args.default_max_tokens,
         auto_threshold=args.auto_threshold,
     )
-    check_servable(settings)
+    check_servable(settings, needs_tokenizer=False)
+    if not has_tokenizer(settings):
+        print(f"nld repo: {model_dir} has no tokenizer.json: the server takes input_ids prompts only", file=sys.stderr)
     print(write_repository(args.output, settings))
     return 0
 
@@ -232,6 +237,7 @@ def _mode_label(asked: str | None, ran: str | None) -> str:
 
 def run_client(args: argparse.Namespace) -> int:
     options = {
+        "input_ids": args.prompt_ids,
         "mode": args.mode,
         "max_tokens": args.max_tokens,
         "stream": not args.no_stream,

@@ -50,7 +50,10 @@ def build_inputs(values: dict[str, Any]) -> list[Any]:
         if name not in INPUTS:
             raise NLDError(f"unknown request input '{name}'; known: {', '.join(INPUTS)}")
         numpy_type = NUMPY_TYPES[INPUTS[name].triton_type]
-        data = np.array([[value.encode("utf-8") if isinstance(value, str) else value]], dtype=numpy_type)
+        if INPUTS[name].dims != "1":  # a list (input_ids): shape [1, N]
+            data = np.array([list(value)], dtype=numpy_type)
+        else:
+            data = np.array([[value.encode("utf-8") if isinstance(value, str) else value]], dtype=numpy_type)
         tensor = grpcclient.InferInput(name, list(data.shape), np_to_triton_dtype(data.dtype))
         tensor.set_data_from_numpy(data)
         inputs.append(tensor)
@@ -103,7 +106,8 @@ class NLDClient:
         cancel_after: int | None = None,
         **options: Any,
     ) -> ClientResult:
-        """Send one request (options: the request inputs, e.g. mode="ar", max_tokens=64, stream=False).
+        """Send one request (options: the request inputs, e.g. mode="ar", max_tokens=64, stream=False;
+        `text=None` with input_ids=[...] sends a token-id prompt).
         `on_ids` hears the token ids of each response as it arrives.
         `cancel_after` closes the stream after that many responses (request cancellation). Raises
         NLDError with the server's message for a refused request."""
@@ -114,7 +118,7 @@ class NLDClient:
         try:
             self.client.async_stream_infer(
                 MODEL_NAME,
-                build_inputs({"text_input": text, **options}),
+                build_inputs({"text_input": text, **options} if text is not None else options),
                 request_id=uuid.uuid4().hex,
                 enable_empty_final_response=True,
             )

@@ -35,3 +35,14 @@ class IncrementalText:
         held, self._held = self._held, []
         self._stream = DecodeStream(skip_special_tokens=self.skip_special_tokens)
         return self.tokenizer.decode(held, skip_special_tokens=self.skip_special_tokens) if held else ""
+
+
+class NoText:
+    """IncrementalText's stand-in for a model without a tokenizer: every piece is empty (the ids are
+    in `output_ids`)."""
+
+    def push(self, new_ids: list[int]) -> str:
+        return ""
+
+    def flush(self) -> str:
+        return ""

@@ -1,8 +1,9 @@
 """Triton request tensors -> a validated generation request.
 
-Names and types follow TensorRT-LLM's Triton conventions (`text_input`, `max_tokens`, `stream`,
-`temperature`, `top_p`, `seed`, `end_id`), plus ours (`mode`, `block_length`, `threshold`). Every
-input but `text_input` is optional. Errors name the offending input; the bounds of the generation
+Names and types follow TensorRT-LLM's Triton conventions (`text_input` or `input_ids`, `max_tokens`,
+`stream`, `temperature`, `top_p`, `seed`, `end_id`), plus ours (`mode`, `block_length`, `threshold`).
+The prompt is `text_input` (tokenized by the server) or `input_ids` (token ids, used as given): exactly
+one of them; every other input is optional. Errors name the offending input; the bounds of the generation
 parameters are nld.limits', checked by GenerationParams as on every other path.
 """
 
@@ -43,9 +44,11 @@ FIELD_TO_INPUT = {
 }
 
 
-def input_error(error: ParameterError) -> InputError:
-    """A parameter error under the name of the Triton input that carries the field."""
-    return InputError(FIELD_TO_INPUT.get(error.field, error.field), error.problem)
+def input_error(error: ParameterError, prompt_input: str = "text_input") -> InputError:
+    """A parameter error under the name of the Triton input that carries the field (the prompt's:
+    `prompt_input`, text_input or input_ids)."""
+    name = prompt_input if error.field == "prompt" else FIELD_TO_INPUT.get(error.field, error.field)
+    return InputError(name, error.problem)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class InputSpec:
     triton_type: str
     read: Callable[[np.ndarray], Any]
     check: Callable[[Any], str | None] = lambda value: None
+    dims: str = "1"  # "-1": a list (input_ids)
 
 
 def _text(array: np.ndarray) -> str:
@@ -80,8 +84,15 @@ def _bool(array: np.ndarray) -> bool:
     return bool(array.reshape(-1)[0])
 
 
+def _ids(array: np.ndarray) -> list[int]:
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"must be integers, got {array.dtype}")
+    return [int(token) for token in array.reshape(-1)]
+
+
 INPUTS: dict[str, InputSpec] = {
     "text_input": InputSpec("TYPE_STRING", _text, lambda v: None if v.strip() else "the prompt is empty"),
+    "input_ids": InputSpec("TYPE_INT32", _ids, lambda v: None if v else "the prompt is empty", dims="-1"),
     "max_tokens": InputSpec("TYPE_INT32", _int),
     "stream": InputSpec("TYPE_BOOL", _bool),
     "temperature": InputSpec("TYPE_FP32", _float),
@@ -94,12 +105,14 @@ INPUTS: dict[str, InputSpec] = {
     "block_length": InputSpec("TYPE_INT32", _int),
     "threshold": InputSpec("TYPE_FP32", _float),
 }
-REQUIRED = ("text_input",)
+REQUIRED: tuple[str, ...] = ()  # the prompt is one of PROMPT_INPUTS, checked by parse_inputs
+PROMPT_INPUTS = ("text_input", "input_ids")
 
 
 @dataclass(frozen=True)
 class ServeRequest:
-    text: str
+    text: str | None  # the prompt as text, or
+    prompt_ids: list[int] | None  # as token ids (exactly one of the two is set)
     mode: str
     stream: bool
     params: GenerationParams
@@ -115,18 +128,24 @@ def parse_inputs(
     default_mode: str,
     default_max_tokens: int,
     max_prompt_bytes: int | None = None,
+    max_prompt_ids: int | None = None,
 ) -> ServeRequest:
     """Read and check every known input present in `tensors` (absent inputs map to None or are missing).
-    A prompt longer than `max_prompt_bytes` is refused before it is decoded or tokenized."""
+    A prompt longer than `max_prompt_bytes` (text) or `max_prompt_ids` (ids) is refused before it is
+    decoded, tokenized or read."""
+    given = [name for name in PROMPT_INPUTS if tensors.get(name) is not None]
+    if len(given) != 1:
+        problem = "is required (or input_ids)" if not given else "and input_ids exclude each other: send one"
+        raise InputError("text_input", problem)
     values: dict[str, Any] = {}
     for name, spec in INPUTS.items():
         array = tensors.get(name)
         if array is None:
-            if name in REQUIRED:
-                raise InputError(name, "is required")
             continue
-        if array.size != 1:
+        if spec.dims == "1" and array.size != 1:
             raise InputError(name, f"expected one value, got shape {tuple(array.shape)}")
+        if spec.dims != "1" and max_prompt_ids is not None and array.size > max_prompt_ids:
+            raise InputError(name, f"{array.size} ids exceed the model's context of {max_prompt_ids} tokens")
         if name == "text_input" and max_prompt_bytes is not None and _byte_length(array) > max_prompt_bytes:
             raise InputError(
                 name,
@@ -153,4 +172,10 @@ def parse_inputs(
         )
     except ParameterError as error:
         raise input_error(error) from None
-    return ServeRequest(values["text_input"], values.get("mode", default_mode), values.get("stream", True), params)
+    return ServeRequest(
+        values.get("text_input"),
+        values.get("input_ids"),
+        values.get("mode", default_mode),
+        values.get("stream", True),
+        params,
+    )

@@ -52,9 +52,9 @@ class RepositorySettings:
                 raise NLDError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-def check_servable(settings: RepositorySettings) -> None:
-    """What the server would only find out while loading the model: the build's artifacts for the
-    backend and the tokenizer (the server takes text prompts)."""
+def check_servable(settings: RepositorySettings, needs_tokenizer: bool = True) -> None:
+    """What a server would only find out while loading the model: the build's artifacts for the
+    backend and, where prompts are text only (`needs_tokenizer`), the tokenizer."""
     from nld.backends import BUILD_ARTIFACTS
 
     settings.check()
@@ -62,15 +62,19 @@ def check_servable(settings: RepositorySettings) -> None:
         folder = Path(settings.build_dir) / BUILD_ARTIFACTS[settings.backend][1]
         if not folder.is_dir():
             raise NLDError(f"--build {settings.build_dir}: no {folder.name}/ for the {settings.backend} backend")
-    if not (Path(settings.model_dir) / TOKENIZER_FILE).is_file():
+    if needs_tokenizer and not has_tokenizer(settings):
         raise NLDError(f"{settings.model_dir}: no {TOKENIZER_FILE}; the server takes text prompts")
+
+
+def has_tokenizer(settings: RepositorySettings) -> bool:
+    return (Path(settings.model_dir) / TOKENIZER_FILE).is_file()
 
 
 def render_inputs() -> str:
     lines = []
     for name, spec in INPUTS.items():
         optional = "" if name in REQUIRED else " optional: true"
-        lines.append(f'  {{ name: "{name}" data_type: {spec.triton_type} dims: [ 1 ]{optional} }}')
+        lines.append(f'  {{ name: "{name}" data_type: {spec.triton_type} dims: [ {spec.dims} ]{optional} }}')
     return ",\n".join(lines)
 
 

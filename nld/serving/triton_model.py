@@ -16,7 +16,7 @@ import numpy as np
 from nld.engine import Engine, EngineSettings, Update
 from nld.generate import load_backend
 from nld.limits import ParameterError, max_prompt_bytes
-from nld.serving.detokenize import IncrementalText
+from nld.serving.detokenize import IncrementalText, NoText
 from nld.serving.inputs import INPUTS, InputError, input_error, parse_inputs
 from nld.serving.metrics import METRICS, MODE_LABEL, engine_samples
 from nld.tokenizer import NLDTokenizer
@@ -42,12 +42,11 @@ class TritonPythonModel:
             parameters["device"],
             build_dir=parameters.get("build_dir") or None,
         )
-        tokenizer = NLDTokenizer.from_dir(model_dir)
-        if tokenizer is None:
-            raise pb_utils.TritonModelException(f"{model_dir}: no tokenizer.json; the server takes text prompts")
-        self.tokenizer = tokenizer
+        self.tokenizer = NLDTokenizer.from_dir(model_dir)  # None: token-id prompts only, empty text_output
         context = backend.config.max_position_embeddings
-        self.max_prompt_bytes = max_prompt_bytes(context, tokenizer.longest_token_bytes())
+        self.context = context
+        longest = self.tokenizer.longest_token_bytes() if self.tokenizer is not None else 1
+        self.max_prompt_bytes = max_prompt_bytes(context, longest)
         settings = EngineSettings(
             max_batch=int(parameters["max_batch"]),
             kv_blocks=int(parameters["kv_blocks"]),
@@ -79,14 +78,23 @@ class TritonPythonModel:
     def _start(self, request: Any) -> None:
         sender = request.get_response_sender()
         final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        prompt_input = "text_input"
         try:
             tensors = {}
             for name in INPUTS:
                 tensor = self.pb.get_input_tensor_by_name(request, name)
                 tensors[name] = None if tensor is None else tensor.as_numpy()
-            parsed = parse_inputs(tensors, self.default_mode, self.default_max_tokens, self.max_prompt_bytes)
-            prompt_ids = self.tokenizer.encode_prompt(parsed.text)
-            text = IncrementalText(self.tokenizer.tokenizer)
+            parsed = parse_inputs(
+                tensors, self.default_mode, self.default_max_tokens, self.max_prompt_bytes, self.context
+            )
+            prompt_input = "text_input" if parsed.text is not None else "input_ids"
+            if parsed.prompt_ids is not None:
+                prompt_ids = parsed.prompt_ids  # as given, like TensorRT-LLM's input_ids: no BOS added
+            elif self.tokenizer is None:
+                raise InputError("text_input", "this model has no tokenizer.json: send the prompt as input_ids")
+            else:
+                prompt_ids = self.tokenizer.encode_prompt(parsed.text)
+            text = IncrementalText(self.tokenizer.tokenizer) if self.tokenizer is not None else NoText()
             pending: list[int] = []
 
             def listen(update: Update) -> None:
@@ -96,11 +104,14 @@ class TritonPythonModel:
         except InputError as error:
             sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(str(error))), flags=final)
         except ParameterError as error:  # the engine's model-dependent bounds, under the input's name
-            sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(str(input_error(error)))), flags=final)
+            problem = str(input_error(error, prompt_input))
+            sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(problem)), flags=final)
         except Exception as error:  # a request the engine refuses must not take the model down
             sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(f"request refused: {error}")), flags=final)
 
-    def _respond(self, sender: Any, text: IncrementalText, pending: list[int], stream: bool, update: Update) -> None:
+    def _respond(
+        self, sender: Any, text: IncrementalText | NoText, pending: list[int], stream: bool, update: Update
+    ) -> None:
         final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         if update.error is not None:
             sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(update.error)), flags=final)

@@ -25,7 +25,7 @@ from nld.limits import BLOCK_LENGTH_CAP, BOUNDS, EOS_ID, MAX_TEMPERATURE, max_bl
 from nld.models import default_model_dir
 from nld.modes import GenerationParams
 from nld.serving.client import NUMPY_TYPES, build_inputs
-from nld.serving.inputs import INPUTS, REQUEST_MODES
+from nld.serving.inputs import INPUTS, PROMPT_INPUTS, REQUEST_MODES
 from nld.serving.repository import MODEL_NAME, RepositorySettings, write_repository
 from nld.serving.server import ServerSettings, TritonServer, free_port
 from nld.tokenizer import NLDTokenizer
@@ -62,6 +62,10 @@ POOLS: dict[str, tuple[list[Any], list[Any]]] = {
             "a " * 3000,  # over the context in tokens, under the byte cap
             "x" * 90_000,  # over the byte cap: refused before tokenizing
         ],
+    ),
+    "input_ids": (
+        [[1, 482, 796], [1, 5, 9, 13, 17], [482, 796, 11]],
+        [[], [-1], [4096], [2**31 - 1], [1] * 1023, [1] * 1024, [1] * 2000],  # context 1024, vocab 4096
     ),
     "max_tokens": ([1, 2, 5, 8, 16], [0, -1, -(2**31), 2**31 - 1, 1023, 1024, 1025, 100_000]),
     "stream": ([True, True, False], []),
@@ -116,7 +120,7 @@ def draw_value(rng: random.Random, name: str) -> Any:
 def tampered(rng: random.Random, name: str, value: Any) -> tuple[np.ndarray, str]:
     """`name`'s value as a tensor Triton itself refuses: a wrong datatype or a wrong shape."""
     triton_type = INPUTS[name].triton_type
-    if rng.random() < 0.5:
+    if rng.random() < 0.5 or INPUTS[name].dims != "1":  # any shape is a valid list: a wrong type
         numpy_type, datatype = rng.choice(WRONG_TYPES[triton_type])
         return np.ones((1, 1), dtype=numpy_type), datatype
     shape = rng.choice(WRONG_SHAPES)
@@ -126,10 +130,13 @@ def tampered(rng: random.Random, name: str, value: Any) -> tuple[np.ndarray, str
 
 
 def draw_case(rng: random.Random, name: str) -> Case:
-    """A random subset of the inputs; text_input nearly always; now and then a tampered tensor."""
-    values = {"text_input": draw_value(rng, "text_input")} if rng.random() < 0.95 else {}
+    """A random subset of the inputs; a prompt nearly always (text mostly, else token ids, now and then
+    both or none); now and then a tampered tensor."""
+    roll = rng.random()
+    prompt = ["text_input"] if roll < 0.7 else ["input_ids"] if roll < 0.9 else PROMPT_INPUTS if roll < 0.95 else ()
+    values = {name: draw_value(rng, name) for name in prompt}
     for input_name in INPUTS:
-        if input_name != "text_input" and rng.random() < 0.4:
+        if input_name not in PROMPT_INPUTS and rng.random() < 0.4:
             values[input_name] = draw_value(rng, input_name)
     case = Case(name, values)
     roll = rng.random()
@@ -164,26 +171,36 @@ def out_of_bounds(field_name: str, value: float) -> bool:
 def tensor_faults(case: Case) -> set[str]:
     """Inputs refused before any value is read: a tampered or unknown tensor (by tritonserver itself), a
     missing text_input (by tritonserver when nothing else is sent, else by the model)."""
-    return set(case.raw) | (set() if "text_input" in case.values or "text_input" in case.raw else {"text_input"})
+    prompts = [name for name in PROMPT_INPUTS if name in case.values or name in case.raw]
+    return set(case.raw) | (set() if prompts else {"text_input"})
 
 
 def model_faults(case: Case, tokenizer: NLDTokenizer, config: NLDConfig) -> set[str]:
     """Inputs the nld model must refuse (any of them may be the one named); empty for a valid request."""
     values, bad = case.values, set()
     context, vocab = config.max_position_embeddings, config.vocab_size
-    text: str | None = None
-    raw_text = values["text_input"]
-    data = raw_text if isinstance(raw_text, bytes) else raw_text.encode("utf-8")
-    if len(data) > max_prompt_bytes(context, tokenizer.longest_token_bytes()):
-        bad.add("text_input")
-    else:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
+    if all(name in values for name in PROMPT_INPUTS):
+        bad.add("text_input")  # both prompts: refused before anything else is read
+    prompt_length = None
+    if "input_ids" in values and "text_input" not in values:
+        ids = values["input_ids"]
+        if not ids or len(ids) >= context or min(ids) < 0 or max(ids) >= vocab:
+            bad.add("input_ids")
+        prompt_length = len(ids) or None
+    elif "text_input" in values:
+        text: str | None = None
+        raw_text = values["text_input"]
+        data = raw_text if isinstance(raw_text, bytes) else raw_text.encode("utf-8")
+        if len(data) > max_prompt_bytes(context, tokenizer.longest_token_bytes()):
             bad.add("text_input")
-    prompt_length = len(tokenizer.encode_prompt(text)) if text and text.strip() else None
-    if text is not None and (prompt_length is None or prompt_length >= context):
-        bad.add("text_input")
+        else:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.add("text_input")
+        prompt_length = len(tokenizer.encode_prompt(text)) if text and text.strip() else None
+        if text is not None and (prompt_length is None or prompt_length >= context):
+            bad.add("text_input")
     mode = values.get("mode", "linear-spec")
     if isinstance(mode, bytes) or mode not in REQUEST_MODES:
         bad.add("mode")

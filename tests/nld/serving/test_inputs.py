@@ -99,3 +99,17 @@ def test_flush_gives_a_cut_character_as_replacement() -> None:
     stream = IncrementalText(tokenizer.tokenizer)
     assert stream.push(ids[:-1]) == ""
     assert stream.flush() == tokenizer.decode(ids[:-1])
+
+
+def test_token_id_prompts() -> None:
+    parsed = parse_inputs({"input_ids": np.array([[1, 482, 796]], dtype=np.int32)}, "ar", 8)
+    assert (parsed.text, parsed.prompt_ids) == (None, [1, 482, 796])
+    both = {"text_input": np.array([[b"x"]]), "input_ids": np.array([[1]], dtype=np.int32)}
+    with pytest.raises(InputError, match="input 'text_input': and input_ids exclude each other"):
+        parse_inputs(both, "ar", 8)
+    with pytest.raises(InputError, match="input 'input_ids': 2000 ids exceed the model's context of 1024"):
+        parse_inputs({"input_ids": np.ones((1, 2000), dtype=np.int32)}, "ar", 8, max_prompt_ids=1024)
+    with pytest.raises(InputError, match="input 'input_ids': must be integers"):
+        parse_inputs({"input_ids": np.array([[1.5]], dtype=np.float32)}, "ar", 8)
+    with pytest.raises(InputError, match="input 'input_ids': the prompt is empty"):
+        parse_inputs({"input_ids": np.zeros((1, 0), dtype=np.int32)}, "ar", 8)

@@ -47,7 +47,6 @@ def test_bad_settings_fail_before_anything_is_written(tmp_path: Path) -> None:
         (["--backend", "bogus"], "--backend 'bogus' is not one of torch, onnxruntime, tensorrt"),
         (["--build", "{tmp}"], "--build applies to the onnxruntime and tensorrt backends, not 'torch'"),
         (["--build", "{tmp}", "--backend", "onnxruntime"], "no onnx/ for the onnxruntime backend"),
-        (["--model", "{fixture}"], "no tokenizer.json; the server takes text prompts"),
     ],
 )
 def test_nld_repo_refuses_what_the_server_would_fail_on(
@@ -64,3 +63,17 @@ def test_nld_repo_refuses_what_the_server_would_fail_on(
     assert not (tmp_path / "repo").exists()
     assert main(["serve-openai", *filled, "--http-port", "1"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_model_without_tokenizer_is_served_with_token_ids_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """nld repo writes it and says so; nld serve-openai (Dynamo tokenizes) refuses it."""
+    from nld.cli import main
+    from tests.conftest import fixture_dir
+
+    model = str(fixture_dir("tiny_b8"))
+    assert main(["repo", "--model", model, "--output", str(tmp_path / "repo")]) == 0
+    assert "no tokenizer.json: the server takes input_ids prompts only" in capsys.readouterr().err
+    assert main(["serve-openai", "--model", model, "--http-port", "1"]) == 2
+    assert "no tokenizer.json; the server takes text prompts" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""`--help` that shows every option's default, for `nld` and `nld-build` alike."""
+"""What the command lines share: `--help` that shows every option's default (`nld` and `nld-build`), and
+argument types."""
 
 from __future__ import annotations
 
@@ -32,3 +33,11 @@ def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             elif action.help is None and action.option_strings and _worth_printing(action.default):
                 action.help = "(default: %(default)s)"
     return parser
+
+
+def prompt_ids_type(text: str) -> list[int]:
+    """`--prompt-ids 1,482,796` -> [1, 482, 796]."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
