@@ -12,7 +12,7 @@ from pathlib import Path
 from nld.backends.torch_backend import DTYPES
 from nld.checkpoint import NonFiniteWeightsWarning
 from nld.cli_bench import add_bench_command
-from nld.cli_common import prompt_ids_type, show_defaults
+from nld.cli_common import prompt_ids_type, read_messages, show_defaults
 from nld.cli_quantize import add_quantize_commands
 from nld.cli_serve import add_serving_commands
 from nld.errors import NLDError
@@ -31,6 +31,9 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (needs tokenizer.json; chat template applied when present)")
     prompt.add_argument("--prompt-ids", type=prompt_ids_type, help="prompt as comma-separated token ids")
+    prompt.add_argument(
+        "--messages", type=Path, help="a chat as JSON ([{role, content}, ...]; - for stdin) for the chat template"
+    )
     parser.add_argument("--no-chat-template", action="store_true", help="encode --prompt as raw text")
     parser.add_argument("--max-new-tokens", "--max-tokens", type=int, default=128, help="tokens to generate at most")
     parser.add_argument("--block-length", type=int, help="block size (default: config block_size; 16 for quadratic)")
@@ -113,12 +116,14 @@ def run_generate(args: argparse.Namespace) -> int:
         else:
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     tokenizer = NLDTokenizer.from_dir(model)
-    if args.prompt is not None:
-        if tokenizer is None:
-            raise NLDError(f"{model}: no tokenizer.json, so --prompt cannot be encoded; use --prompt-ids")
-        prompt_ids = tokenizer.encode_prompt(args.prompt, chat=not args.no_chat_template)
-    else:
+    if args.prompt_ids is not None:
         prompt_ids = args.prompt_ids
+    elif tokenizer is None:
+        raise NLDError(f"{model}: no tokenizer.json, so --prompt/--messages cannot be encoded; use --prompt-ids")
+    elif args.messages is not None:
+        prompt_ids = tokenizer.encode_messages(read_messages(args.messages))
+    else:
+        prompt_ids = tokenizer.encode_prompt(args.prompt, chat=not args.no_chat_template)
     params = GenerationParams(
         max_new_tokens=args.max_new_tokens,
         block_length=args.block_length,

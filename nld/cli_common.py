@@ -4,6 +4,9 @@ argument types."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 
 def _worth_printing(default: object) -> bool:
@@ -41,3 +44,18 @@ def prompt_ids_type(text: str) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
+
+
+def read_messages(path: Path) -> list[dict]:
+    """`--messages FILE` (or `-`: stdin): a JSON chat, checked; NLDError naming the file otherwise."""
+    from nld.chat_template import check_messages
+    from nld.errors import NLDError
+
+    where = "stdin" if str(path) == "-" else str(path)
+    try:
+        text = sys.stdin.read() if str(path) == "-" else Path(path).read_text(encoding="utf-8")
+        return check_messages(json.loads(text))
+    except OSError as error:
+        raise NLDError(f"--messages {where}: {error.strerror}") from None
+    except (json.JSONDecodeError, ValueError) as error:
+        raise NLDError(f"--messages {where}: {error}") from None

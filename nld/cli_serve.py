@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nld.bench.crossover import read_auto_threshold
-from nld.cli_common import prompt_ids_type
+from nld.cli_common import prompt_ids_type, read_messages
 from nld.errors import NLDError
 from nld.serving.client import NLDClient
 from nld.serving.inputs import REQUEST_MODES
@@ -82,6 +82,7 @@ def add_serving_commands(
     prompt = client.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text (the server tokenizes it)")
     prompt.add_argument("--prompt-ids", type=prompt_ids_type, help="prompt as comma-separated token ids (input_ids)")
+    prompt.add_argument("--messages", type=Path, help="a chat as JSON ([{role, content}, ...]; - for stdin)")
     client.add_argument("--url", default="127.0.0.1:8001", help="gRPC host:port")
     client.add_argument("--mode", choices=list(REQUEST_MODES), help="decoding mode (default: the server's)")
     client.add_argument(
@@ -238,6 +239,7 @@ def _mode_label(asked: str | None, ran: str | None) -> str:
 def run_client(args: argparse.Namespace) -> int:
     options = {
         "input_ids": args.prompt_ids,
+        "messages": json.dumps(read_messages(args.messages)) if args.messages is not None else None,
         "mode": args.mode,
         "max_tokens": args.max_tokens,
         "stream": not args.no_stream,

@@ -1,18 +1,15 @@
-"""Checkpoint tokenizer: `tokenizer.json` (HF tokenizers) and the chat template of tokenizer_config.json."""
+"""Checkpoint tokenizer: `tokenizer.json` (HF tokenizers) and the checkpoint's chat template (nld.chat_template)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import jinja2
-import jinja2.sandbox
 from tokenizers import Tokenizer
 
-from nld.config import read_json
+from nld.chat_template import PLAIN_CHAT_TEMPLATE, check_messages, load_chat_template, render_chat, special_tokens
 from nld.errors import ConfigError
 
 TOKENIZER_FILE = "tokenizer.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
 class NLDTokenizer:
@@ -34,28 +31,25 @@ class NLDTokenizer:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception on malformed files
             raise ConfigError(f"{path}: cannot load tokenizer ({exc})") from None
-        template, special = None, {}
-        config_path = model_dir / TOKENIZER_CONFIG_FILE
-        if config_path.exists():
-            data = read_json(config_path)
-            template = data.get("chat_template")
-            if template is not None and not isinstance(template, str):
-                raise ConfigError(f"{config_path}: field 'chat_template' must be a string")
-            special = {k: v for k, v in data.items() if k.endswith("_token") and isinstance(v, str)}
-        return cls(tokenizer, template, special)
+        return cls(tokenizer, load_chat_template(model_dir), special_tokens(model_dir))
 
     def apply_chat_template(self, user_text: str) -> str:
         """Render one user turn with the checkpoint's chat template, ready for the assistant's reply."""
-        if self.chat_template is None:
-            return user_text
-        environment = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        try:
-            template = environment.from_string(self.chat_template)
-            return template.render(
-                messages=[{"role": "user", "content": user_text}], add_generation_prompt=True, **self.special
-            )
-        except jinja2.TemplateError as exc:
-            raise ConfigError(f"{TOKENIZER_CONFIG_FILE}: chat_template fails to render ({exc})") from None
+        return self.render_messages([{"role": "user", "content": user_text}])
+
+    def render_messages(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """A conversation through the chat template (transformers' semantics), or nld's plain template
+        when the checkpoint has none."""
+        check_messages(messages)
+        template = self.chat_template or PLAIN_CHAT_TEMPLATE.read_text()
+        return render_chat(template, messages, self.special, add_generation_prompt)
+
+    def encode_messages(self, messages: list[dict]) -> list[int]:
+        """Token ids of a conversation, as apply_chat_template(tokenize=True) gives them: specials in the
+        rendered text are parsed as specials and none are added. Without a checkpoint template the plain
+        one renders it and the tokenizer adds its specials (BOS), as for a text prompt."""
+        text = self.render_messages(messages)
+        return self.tokenizer.encode(text, add_special_tokens=self.chat_template is None).ids
 
     def encode_prompt(self, text: str, *, chat: bool = True) -> list[int]:
         """Token ids of a prompt; specials in the rendered template are parsed as specials."""

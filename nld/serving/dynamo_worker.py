@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from nld.chat_template import PLAIN_CHAT_TEMPLATE, TEMPLATE_FILE, load_chat_template
 from nld.engine import Engine, EngineSettings, Update
 from nld.generate import load_backend
 from nld.limits import ParameterError
@@ -37,7 +38,6 @@ DEFAULT_MODE = "linear-spec"  # `nld generate`'s default
 OPENAI_NAMES = {"max_new_tokens": "max_tokens"}  # our field -> the OpenAI request field
 ANNOTATION_FIELDS: dict[str, Callable[[str], Any]] = {"block_length": int, "threshold": float}
 FINISH_REASONS = {"stop": "eos", "length": "length", "cancelled": "cancelled", "error": "error"}
-PLAIN_CHAT_TEMPLATE = Path(__file__).with_name("plain_chat.jinja")  # for checkpoints that ship none
 # Request fields the engine does not implement yet (issue 23): refused by name rather than ignored.
 # (section of Dynamo's request, field, OpenAI name); a field counts as set unless None/False/0 (n: 1).
 UNSUPPORTED = (
@@ -68,6 +68,14 @@ def special_affixes(tokenizer: NLDTokenizer) -> tuple[list[int], list[int]]:
         if full[start : start + len(plain)] == plain:
             return full[:start], full[start + len(plain) :]
     return [], []
+
+
+def chat_template_file(model_dir: str) -> str | None:
+    """The template file for Dynamo to render chats with: the checkpoint's chat_template.jinja, none
+    when tokenizer_config.json holds the template (Dynamo reads it there), else nld's plain one."""
+    if (Path(model_dir) / TEMPLATE_FILE).is_file():
+        return str(Path(model_dir) / TEMPLATE_FILE)
+    return None if load_chat_template(model_dir) is not None else str(PLAIN_CHAT_TEMPLATE)
 
 
 def refuse_unsupported(request: dict[str, Any]) -> None:
@@ -181,7 +189,7 @@ async def serve(args: argparse.Namespace) -> None:
     tokenizer = NLDTokenizer.from_dir(args.model)
     if tokenizer is None:
         raise SystemExit(f"{args.model}: no tokenizer.json; Dynamo's frontend tokenizes with it")
-    template = None if tokenizer.chat_template is not None else str(PLAIN_CHAT_TEMPLATE)
+    template = chat_template_file(args.model)
     settings = EngineSettings(max_batch=args.max_batch, kv_blocks=args.kv_blocks, auto_threshold=args.auto_threshold)
     engine = Engine(backend, settings)
     engine.start()

@@ -2,19 +2,22 @@
 
 Names and types follow TensorRT-LLM's Triton conventions (`text_input` or `input_ids`, `max_tokens`,
 `stream`, `temperature`, `top_p`, `seed`, `end_id`), plus ours (`mode`, `block_length`, `threshold`).
-The prompt is `text_input` (tokenized by the server) or `input_ids` (token ids, used as given): exactly
-one of them; every other input is optional. Errors name the offending input; the bounds of the generation
+The prompt is `text_input` (tokenized by the server), `input_ids` (token ids, used as given) or
+`messages` (a JSON chat rendered with the checkpoint's template): exactly one of them; every other
+input is optional. Errors name the offending input; the bounds of the generation
 parameters are nld.limits', checked by GenerationParams as on every other path.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from nld.chat_template import check_messages
 from nld.engine.scheduler import AUTO
 from nld.limits import ParameterError
 from nld.modes import MODES, GenerationParams
@@ -84,6 +87,14 @@ def _bool(array: np.ndarray) -> bool:
     return bool(array.reshape(-1)[0])
 
 
+def _messages(array: np.ndarray) -> list[dict[str, Any]]:
+    try:
+        messages = json.loads(_text(array))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"is not valid JSON: {error.msg} at offset {error.pos}") from None
+    return check_messages(messages)
+
+
 def _ids(array: np.ndarray) -> list[int]:
     if not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"must be integers, got {array.dtype}")
@@ -93,6 +104,7 @@ def _ids(array: np.ndarray) -> list[int]:
 INPUTS: dict[str, InputSpec] = {
     "text_input": InputSpec("TYPE_STRING", _text, lambda v: None if v.strip() else "the prompt is empty"),
     "input_ids": InputSpec("TYPE_INT32", _ids, lambda v: None if v else "the prompt is empty", dims="-1"),
+    "messages": InputSpec("TYPE_STRING", _messages),  # a JSON chat: [{"role": ..., "content": ...}, ...]
     "max_tokens": InputSpec("TYPE_INT32", _int),
     "stream": InputSpec("TYPE_BOOL", _bool),
     "temperature": InputSpec("TYPE_FP32", _float),
@@ -106,13 +118,15 @@ INPUTS: dict[str, InputSpec] = {
     "threshold": InputSpec("TYPE_FP32", _float),
 }
 REQUIRED: tuple[str, ...] = ()  # the prompt is one of PROMPT_INPUTS, checked by parse_inputs
-PROMPT_INPUTS = ("text_input", "input_ids")
+PROMPT_INPUTS = ("text_input", "input_ids", "messages")
+TEXT_PROMPTS = ("text_input", "messages")  # capped in bytes before they are decoded
 
 
 @dataclass(frozen=True)
 class ServeRequest:
     text: str | None  # the prompt as text, or
-    prompt_ids: list[int] | None  # as token ids (exactly one of the two is set)
+    prompt_ids: list[int] | None  # as token ids, or
+    messages: list[dict[str, Any]] | None  # as a chat for the checkpoint's template (exactly one is set)
     mode: str
     stream: bool
     params: GenerationParams
@@ -135,7 +149,9 @@ def parse_inputs(
     decoded, tokenized or read."""
     given = [name for name in PROMPT_INPUTS if tensors.get(name) is not None]
     if len(given) != 1:
-        problem = "is required (or input_ids)" if not given else "and input_ids exclude each other: send one"
+        problem = (
+            "is required (or input_ids, or messages)" if not given else f"send one prompt, not {' and '.join(given)}"
+        )
         raise InputError("text_input", problem)
     values: dict[str, Any] = {}
     for name, spec in INPUTS.items():
@@ -146,7 +162,11 @@ def parse_inputs(
             raise InputError(name, f"expected one value, got shape {tuple(array.shape)}")
         if spec.dims != "1" and max_prompt_ids is not None and array.size > max_prompt_ids:
             raise InputError(name, f"{array.size} ids exceed the model's context of {max_prompt_ids} tokens")
-        if name == "text_input" and max_prompt_bytes is not None and _byte_length(array) > max_prompt_bytes:
+        if (
+            name in ("text_input", "messages")
+            and max_prompt_bytes is not None
+            and _byte_length(array) > max_prompt_bytes
+        ):
             raise InputError(
                 name,
                 f"{_byte_length(array)} bytes exceed the {max_prompt_bytes} bytes any prompt that fits the "
@@ -175,6 +195,7 @@ def parse_inputs(
     return ServeRequest(
         values.get("text_input"),
         values.get("input_ids"),
+        values.get("messages"),
         values.get("mode", default_mode),
         values.get("stream", True),
         params,

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from nld.engine import Engine, EngineSettings, Update
+from nld.errors import ConfigError
 from nld.generate import load_backend
 from nld.limits import ParameterError, max_prompt_bytes
 from nld.serving.detokenize import IncrementalText, NoText
-from nld.serving.inputs import INPUTS, InputError, input_error, parse_inputs
+from nld.serving.inputs import INPUTS, PROMPT_INPUTS, InputError, ServeRequest, input_error, parse_inputs
 from nld.serving.metrics import METRICS, MODE_LABEL, engine_samples
 from nld.tokenizer import NLDTokenizer
 
@@ -87,13 +88,8 @@ class TritonPythonModel:
             parsed = parse_inputs(
                 tensors, self.default_mode, self.default_max_tokens, self.max_prompt_bytes, self.context
             )
-            prompt_input = "text_input" if parsed.text is not None else "input_ids"
-            if parsed.prompt_ids is not None:
-                prompt_ids = parsed.prompt_ids  # as given, like TensorRT-LLM's input_ids: no BOS added
-            elif self.tokenizer is None:
-                raise InputError("text_input", "this model has no tokenizer.json: send the prompt as input_ids")
-            else:
-                prompt_ids = self.tokenizer.encode_prompt(parsed.text)
+            prompt_input = next(name for name in PROMPT_INPUTS if tensors.get(name) is not None)
+            prompt_ids = self._prompt_ids(parsed, prompt_input)
             text = IncrementalText(self.tokenizer.tokenizer) if self.tokenizer is not None else NoText()
             pending: list[int] = []
 
@@ -108,6 +104,19 @@ class TritonPythonModel:
             sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(problem)), flags=final)
         except Exception as error:  # a request the engine refuses must not take the model down
             sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(f"request refused: {error}")), flags=final)
+
+    def _prompt_ids(self, parsed: ServeRequest, prompt_input: str) -> list[int]:
+        if parsed.prompt_ids is not None:
+            return parsed.prompt_ids  # as given, like TensorRT-LLM's input_ids: no BOS added
+        if self.tokenizer is None:
+            raise InputError(prompt_input, "this model has no tokenizer.json: send the prompt as input_ids")
+        if parsed.messages is not None:
+            try:
+                return self.tokenizer.encode_messages(parsed.messages)
+            except ConfigError as error:  # the template refused the conversation (raise_exception)
+                raise InputError("messages", str(error)) from None
+        assert parsed.text is not None
+        return self.tokenizer.encode_prompt(parsed.text)
 
     def _respond(
         self, sender: Any, text: IncrementalText | NoText, pending: list[int], stream: bool, update: Update

@@ -4,6 +4,7 @@ or a valid output; afterwards a normal request still gets its exact solo output 
 
 from __future__ import annotations
 
+import json
 import math
 import queue
 import random
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 from tritonclient.utils import np_to_triton_dtype
 
+from nld.chat_template import check_messages
 from nld.config import NLDConfig
 from nld.generate import generate, load_backend
 from nld.limits import BLOCK_LENGTH_CAP, BOUNDS, EOS_ID, MAX_TEMPERATURE, max_block_length, max_prompt_bytes
@@ -66,6 +68,13 @@ POOLS: dict[str, tuple[list[Any], list[Any]]] = {
     "input_ids": (
         [[1, 482, 796], [1, 5, 9, 13, 17], [482, 796, 11]],
         [[], [-1], [4096], [2**31 - 1], [1] * 1023, [1] * 1024, [1] * 2000],  # context 1024, vocab 4096
+    ),
+    "messages": (
+        [
+            '[{"role": "user", "content": "def f(x):"}]',
+            '[{"role": "system", "content": "# a"}, {"role": "user", "content": "b"}]',
+        ],
+        ["", "not json", "[]", '[{"role": 1}]', '[{"role": "user", "content": 5}]', '{"role": "user"}'],
     ),
     "max_tokens": ([1, 2, 5, 8, 16], [0, -1, -(2**31), 2**31 - 1, 1023, 1024, 1025, 100_000]),
     "stream": ([True, True, False], []),
@@ -133,7 +142,8 @@ def draw_case(rng: random.Random, name: str) -> Case:
     """A random subset of the inputs; a prompt nearly always (text mostly, else token ids, now and then
     both or none); now and then a tampered tensor."""
     roll = rng.random()
-    prompt = ["text_input"] if roll < 0.7 else ["input_ids"] if roll < 0.9 else PROMPT_INPUTS if roll < 0.95 else ()
+    kinds = ((0.65, ["text_input"]), (0.8, ["input_ids"]), (0.9, ["messages"]), (0.95, ["text_input", "input_ids"]))
+    prompt = next((names for limit, names in kinds if roll < limit), [])
     values = {name: draw_value(rng, name) for name in prompt}
     for input_name in INPUTS:
         if input_name not in PROMPT_INPUTS and rng.random() < 0.4:
@@ -179,10 +189,18 @@ def model_faults(case: Case, tokenizer: NLDTokenizer, config: NLDConfig) -> set[
     """Inputs the nld model must refuse (any of them may be the one named); empty for a valid request."""
     values, bad = case.values, set()
     context, vocab = config.max_position_embeddings, config.vocab_size
-    if all(name in values for name in PROMPT_INPUTS):
-        bad.add("text_input")  # both prompts: refused before anything else is read
+    if sum(name in values for name in PROMPT_INPUTS) > 1:
+        bad.add("text_input")  # two prompts: refused before anything else is read
     prompt_length = None
-    if "input_ids" in values and "text_input" not in values:
+    if "messages" in values and len([name for name in PROMPT_INPUTS if name in values]) == 1:
+        try:
+            prompt_length = len(tokenizer.encode_messages(check_messages(json.loads(values["messages"]))))
+        except (ValueError, TypeError):
+            bad.add("messages")
+        else:
+            if prompt_length >= context:
+                bad.add("messages")
+    elif "input_ids" in values and "text_input" not in values:
         ids = values["input_ids"]
         if not ids or len(ids) >= context or min(ids) < 0 or max(ids) >= vocab:
             bad.add("input_ids")

@@ -105,7 +105,7 @@ def test_token_id_prompts() -> None:
     parsed = parse_inputs({"input_ids": np.array([[1, 482, 796]], dtype=np.int32)}, "ar", 8)
     assert (parsed.text, parsed.prompt_ids) == (None, [1, 482, 796])
     both = {"text_input": np.array([[b"x"]]), "input_ids": np.array([[1]], dtype=np.int32)}
-    with pytest.raises(InputError, match="input 'text_input': and input_ids exclude each other"):
+    with pytest.raises(InputError, match="input 'text_input': send one prompt, not text_input and input_ids"):
         parse_inputs(both, "ar", 8)
     with pytest.raises(InputError, match="input 'input_ids': 2000 ids exceed the model's context of 1024"):
         parse_inputs({"input_ids": np.ones((1, 2000), dtype=np.int32)}, "ar", 8, max_prompt_ids=1024)
@@ -113,3 +113,20 @@ def test_token_id_prompts() -> None:
         parse_inputs({"input_ids": np.array([[1.5]], dtype=np.float32)}, "ar", 8)
     with pytest.raises(InputError, match="input 'input_ids': the prompt is empty"):
         parse_inputs({"input_ids": np.zeros((1, 0), dtype=np.int32)}, "ar", 8)
+
+
+def test_chat_prompts() -> None:
+    chat = b'[{"role": "system", "content": "# py"}, {"role": "user", "content": "def f():"}]'
+    parsed = parse_inputs({"messages": np.array([[chat]], dtype=np.object_)}, "ar", 8)
+    assert parsed.messages == [{"role": "system", "content": "# py"}, {"role": "user", "content": "def f():"}]
+    bad = {
+        b"not json": "is not valid JSON",
+        b"[]": "must be a non-empty list of messages",
+        b'[{"content": "x"}]': "message 0 must be an object with a string 'role'",
+        b'[{"role": "user", "content": 5}]': "message 0: 'content' must be a string or a list of parts",
+    }
+    for value, message in bad.items():
+        with pytest.raises(InputError, match=f"input 'messages': {message}"):
+            parse_inputs({"messages": np.array([[value]], dtype=np.object_)}, "ar", 8)
+    with pytest.raises(InputError, match="input 'messages': 300 bytes exceed"):
+        parse_inputs({"messages": np.array([[b" " * 300]], dtype=np.object_)}, "ar", 8, max_prompt_bytes=100)

@@ -17,11 +17,11 @@ from functools import cache
 import jinja2.sandbox
 import pytest
 
+from nld.chat_template import PLAIN_CHAT_TEMPLATE
 from nld.generate import generate, load_backend
 from nld.models import default_model_dir
 from nld.modes import MODES, GenerationParams
 from nld.serving.client import read_metrics
-from nld.serving.dynamo_worker import PLAIN_CHAT_TEMPLATE
 from nld.serving.served_names import served_names
 from nld.tokenizer import NLDTokenizer
 from tests.nld.serving.openai_run import HOST, NAME, OpenAIRun, listening_addresses, process_tree
@@ -118,6 +118,7 @@ def test_completions_and_chat_equal_in_process_generation(client, name: str) -> 
     stream = client.completions.create(model=name, prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0.0, stream=True)
     assert "".join(chunk.choices[0].text for chunk in stream if chunk.choices) == text
 
+    assert list(chat_ids(MESSAGES)) == tokenizer().encode_messages(MESSAGES)  # as `nld generate --messages`
     text, tokens, reason = expected(chat_ids(MESSAGES), mode)
     chat = client.chat.completions.create(model=name, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0.0)
     assert (chat.choices[0].message.content, chat.choices[0].finish_reason) == (text, reason)

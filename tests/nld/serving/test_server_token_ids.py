@@ -1,5 +1,6 @@
 """Token-id prompts over Triton (`input_ids`, as TensorRT-LLM's backend takes them): used as given, on
-the built-in model and on a checkpoint without a tokenizer, which the server can now serve."""
+the built-in model and on a checkpoint without a tokenizer, which the server can now serve; and chat
+prompts (`messages`), rendered as `nld generate --messages` renders them."""
 
 from __future__ import annotations
 
@@ -58,3 +59,27 @@ def test_client_command_takes_prompt_ids(tokenizerless: ServerSettings, capsys: 
         main(["client", "--url", tokenizerless.grpc_url, "--prompt-ids", "1,5,9", "--max-tokens", "4", "--json"]) == 0
     )
     assert '"output_ids": [' in capsys.readouterr().out
+
+
+def test_messages_render_as_nld_generate_renders_them(tiny_server: ServerSettings, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from nld.cli import main
+    from nld.tokenizer import NLDTokenizer
+
+    chat = [{"role": "system", "content": "# utilities"}, {"role": "user", "content": "def add(a, b):"}]
+    tokenizer = NLDTokenizer.from_dir(default_model_dir())
+    assert tokenizer is not None
+    expected = generate(
+        load_backend(str(default_model_dir())), tokenizer.encode_messages(chat), "ar", GenerationParams(16)
+    )
+    with NLDClient(tiny_server.grpc_url) as client:
+        result = client.generate(None, messages=json.dumps(chat), mode="ar", max_tokens=16)
+        assert result.output_ids == expected.new_ids
+        with pytest.raises(NLDError, match="input 'messages': message 0 must be an object"):
+            client.generate(None, messages='[{"content": "x"}]', max_tokens=4)
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps(chat))
+    capsys.readouterr()
+    assert main(["generate", "--messages", str(path), "--mode", "ar", "--max-new-tokens", "16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["new_ids"] == expected.new_ids
