@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nld.builder.interrupts import Interrupted, stop_on_signals
 from nld.builder.skus import PRECISIONS, SKUS, get_sku, targets_table
-from nld.cli_common import show_defaults
+from nld.cli_common import quiet_stdout, show_defaults
 from nld.errors import NLDError
 from nld.models import default_model_dir
 
@@ -46,6 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     return show_defaults(parser)
 
 
+QUANTIZED = ("fp8", "int4-awq", "nvfp4")
+
+
+def check_options(args: argparse.Namespace, config: object) -> None:
+    """Options a plan or a build would otherwise accept and ignore."""
+    from nld.convert.trtllm import check_tp
+
+    if args.kv_cache is not None and args.precision not in QUANTIZED:
+        raise NLDError(
+            f"--kv-cache {args.kv_cache} applies to the quantized precisions ({', '.join(QUANTIZED)}), "
+            f"not {args.precision}"
+        )
+    check_tp(config, args.tp)  # type: ignore[arg-type]
+
+
 def _run(args: argparse.Namespace) -> int:
     from nld.builder.pipeline import BuildRequest, build
     from nld.builder.plan import make_plan, plan_table
@@ -59,8 +74,11 @@ def _run(args: argparse.Namespace) -> int:
         raise NLDError(f"{', '.join(missing)} required (or --list-targets)")
     model = Path(args.model) if args.model else default_model_dir()
     sku = get_sku(args.target)
+    check_options(args, load_config(model))
     if args.dry_run:
-        plan = make_plan(load_config(model), sku, args.precision, args.max_context, args.memory_fraction)
+        plan = make_plan(
+            load_config(model), sku, args.precision, args.max_context, args.memory_fraction, kv_cache=args.kv_cache
+        )
         print(json.dumps(plan.as_dict(), indent=2) if args.json else plan_table(plan))
         return 0
     if args.output is None:
@@ -95,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (NLDError, ValueError) as error:
             print(f"nld-build: error: {error}", file=sys.stderr)
             return 2
+        except BrokenPipeError:  # `nld-build --dry-run | head`: the reader left; say nothing more
+            quiet_stdout()
+            return 0
         except Interrupted as stop:
             where = f" to {output}" if output is not None else ""
             print(f"nld-build: interrupted ({stop.name}); nothing written{where}", file=sys.stderr, flush=True)

@@ -91,7 +91,7 @@ def check_request(request: BuildRequest) -> tuple[Sku, BuildPlan, list[EnginePro
             f"{request.model} is already quantized ({QUANT_CONFIG_FILE}); build from the unquantized checkpoint "
             f"with --precision fp8 or int4-awq, which quantizes it in the build"
         )
-    plan = make_plan(checkpoint.config, sku, request.precision, request.max_context)
+    plan = make_plan(checkpoint.config, sku, request.precision, request.max_context, kv_cache=request.kv_cache)
     if is_quantized(request.precision):
         if request.calib_samples < 1:
             raise NLDError(f"--samples must be >= 1, got {request.calib_samples}")

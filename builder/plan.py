@@ -27,7 +27,8 @@ LINEAR_BYTES_PER_WEIGHT = {
     "int4-awq": 0.5 + 2 / 128,
     "nvfp4": 0.5 + 1 / 16,
 }
-KV_BYTES_PER_ELEMENT = {"bf16": 2, "fp16": 2, "fp8": 1, "int4-awq": 2, "nvfp4": 1}
+# The KV cache is 16-bit at every precision unless the build quantizes it (`--kv-cache fp8`).
+KV_BYTES_PER_ELEMENT = {None: 2, "fp8": 1}
 # Tokens per forward of NLD-8B-Instruct in the report (10-task average); replace with measured values.
 PUBLISHED_TOKENS_PER_FORWARD = {"ar": 1.0, "diffusion": 2.57, "linear-spec": 5.99, "quadratic-spec": 6.38}
 
@@ -90,8 +91,10 @@ def make_plan(
     context: int | None = None,
     memory_fraction: float = 0.9,
     tokens_per_forward: dict[str, float] | None = None,
+    kv_cache: str | None = None,
 ) -> BuildPlan:
-    """The plan for `config` on `sku` at `precision` (raises for a precision the SKU cannot run)."""
+    """The plan for `config` on `sku` at `precision` (raises for a precision the SKU cannot run), with
+    a 16-bit KV cache or the quantized `kv_cache` ("fp8") the build writes."""
     check_precision(sku, precision)
     if not 0 < memory_fraction <= 1:
         raise ValueError(f"memory_fraction must lie in (0, 1], got {memory_fraction}")
@@ -99,7 +102,7 @@ def make_plan(
     counts = ParameterCounts.of(config)
     weight_bytes = round(counts.linear * LINEAR_BYTES_PER_WEIGHT[precision] + counts.other * 2)
     kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim
-    kv_per_token *= KV_BYTES_PER_ELEMENT[precision]
+    kv_per_token *= KV_BYTES_PER_ELEMENT[kv_cache]
     steps = step_tokens(config)
     tpf = {**PUBLISHED_TOKENS_PER_FORWARD, **(tokens_per_forward or {})}
     plan = BuildPlan(

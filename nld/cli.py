@@ -12,7 +12,7 @@ from pathlib import Path
 from nld.backends.torch_backend import DTYPES
 from nld.checkpoint import NonFiniteWeightsWarning
 from nld.cli_bench import add_bench_command
-from nld.cli_common import prompt_ids_type, read_messages, show_defaults
+from nld.cli_common import prompt_ids_type, quiet_stdout, read_messages, show_defaults
 from nld.cli_quantize import add_quantize_commands
 from nld.cli_serve import add_serving_commands
 from nld.errors import NLDError
@@ -190,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NLDError, ValueError) as exc:
         print(f"nld: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `nld ... | head`: the reader left
+        quiet_stdout()
+        return 0
 
 
 if __name__ == "__main__":

@@ -59,3 +59,12 @@ def read_messages(path: Path) -> list[dict]:
         raise NLDError(f"--messages {where}: {error.strerror}") from None
     except (json.JSONDecodeError, ValueError) as error:
         raise NLDError(f"--messages {where}: {error}") from None
+
+
+def quiet_stdout() -> None:
+    """After a BrokenPipeError on stdout (`nld ... | head`): point stdout at /dev/null, so the flush at
+    exit does not raise again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())

@@ -80,3 +80,42 @@ def test_cli_lists_targets_and_refuses_bad_input(capsys: pytest.CaptureFixture[s
     for argv, message in cases:
         assert main(argv) == 2
         assert message in capsys.readouterr().err
+
+
+def test_the_plan_follows_the_kv_cache_the_build_writes() -> None:
+    """fp8 weights keep a 16-bit KV cache unless --kv-cache fp8 (the plan used to halve it always)."""
+    config = parse_config(RELEASED_8B)
+    fp8 = make_plan(config, get_sku("gb200"), "fp8", context=4096)
+    fp8_kv = make_plan(config, get_sku("gb200"), "fp8", context=4096, kv_cache="fp8")
+    bf16 = make_plan(config, get_sku("gb200"), "bf16", context=4096)
+    assert fp8.kv_bytes_per_token == bf16.kv_bytes_per_token == 2 * fp8_kv.kv_bytes_per_token
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--precision", "fp16", "--kv-cache", "fp8"], "--kv-cache fp8 applies to the quantized precisions"),
+        (["--precision", "bf16", "--tp", "16"], "tp must be one of (1, 2, 4, 8), got 16"),
+    ],
+)
+def test_dry_run_refuses_options_it_would_ignore(
+    capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    assert main(["--target", "gb200", *options, "--dry-run"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_dry_run_into_a_closed_pipe_exits_quietly() -> None:
+    """`nld-build --dry-run | head`: the reader is gone before the plan is written."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE, as after `head` exited
+    command = [sys.executable, "-m", "nld.builder.cli", "--target", "gb200", "--precision", "fp8", "--dry-run"]
+    try:
+        build = subprocess.run(command, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert build.returncode == 0 and "Traceback" not in build.stderr, build.stderr
