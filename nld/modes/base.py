@@ -151,6 +151,17 @@ class Decoding:
         return False
 
 
+    def emit_verified(self, tokens: list[int]) -> bool:
+        """`emit` for the tokens one verify accepted, recording its acceptance length: the tokens it
+        emitted (fewer when EOS or max_new_tokens cut it; with reference semantics, all it accepted, as
+        the released code counts them)."""
+        before = len(self.state.new_ids)
+        done = self.emit(tokens)
+        emitted = len(self.state.new_ids) - before
+        self.state.acceptance_lengths.append(len(tokens) if self.params.reference_semantics else emitted)
+        return done
+
+
 PolicyFactory = Callable[[Decoding], Policy]
 
 

@@ -51,8 +51,7 @@ def linear_spec_policy(decoding: Decoding) -> Policy:
         decoding.state.forwards += 1
         accepted = accepted_length(result.token_ids, block)
         verified = result.token_ids.tolist()
-        decoding.state.acceptance_lengths.append(accepted)
         decoding.cache.crop(start + accepted)
         seed = verified[accepted - 1]
-        if decoding.emit(verified[:accepted]):
+        if decoding.emit_verified(verified[:accepted]):
             return

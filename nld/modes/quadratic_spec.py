@@ -71,10 +71,9 @@ def quadratic_spec_policy(decoding: Decoding) -> Policy:
         decoding.state.forwards += 1
         predicted = result.token_ids.view(block, row)
         accepted = accepted_length(predicted[:, 0], draft)  # d_k stands while the AR token after d_(k-1) is d_k
-        decoding.state.acceptance_lengths.append(accepted)
         decoding.cache.keep(committed, [i * row for i in range(accepted)])
         emitted = draft[:accepted].tolist()
         # The next draft: row accepted-1's AR token, then its diffusion guesses for the tokens after it.
         draft = torch.cat((predicted[accepted - 1, :1], predicted[accepted - 1, 2:]))
-        if decoding.emit(emitted):
+        if decoding.emit_verified(emitted):
             return

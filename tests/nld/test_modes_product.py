@@ -94,3 +94,24 @@ def test_unknown_mode_is_refused() -> None:
 def test_prompt_outside_vocabulary_is_refused() -> None:
     with pytest.raises(ValueError, match=r"\[0, 512\)"):
         generate(backend_for("tiny_b8"), [1, 600], "ar")
+
+
+@pytest.mark.parametrize("mode", ["linear-spec", "quadratic-spec"])
+def test_acceptance_lengths_count_what_was_emitted(mode: str) -> None:
+    """A verify cut short by max_new_tokens reports the tokens it emitted, not all it accepted (the
+    released code's count stays available under reference semantics)."""
+    from nld.generate import load_backend
+    from nld.models import default_model_dir
+
+    backend = load_backend(str(default_model_dir()))
+    prompt = [1, 482, 796, 11, 68, 15, 314, 308]
+    shorter = 0
+    for limit in range(2, 40, 3):
+        result = generate(backend, prompt, mode, GenerationParams(max_new_tokens=limit))
+        first = len(result.new_ids) - sum(result.acceptance_lengths)
+        assert first in (0, 1) and len(result.new_ids) == limit, (limit, result.acceptance_lengths)
+        reference = generate(backend, prompt, mode, GenerationParams(max_new_tokens=limit, reference_semantics=True))
+        assert result.acceptance_lengths[:-1] == reference.acceptance_lengths[:-1]
+        assert result.acceptance_lengths[-1] <= reference.acceptance_lengths[-1]
+        shorter += result.acceptance_lengths[-1] < reference.acceptance_lengths[-1]
+    assert shorter  # some limit cut a verify: the product counts what it emitted, the reference all it accepted
