@@ -8,6 +8,7 @@ start-up is handled the same way.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -98,7 +99,9 @@ def _run(args: argparse.Namespace) -> int:
         args.samples,
         args.kv_cache,
     )
-    print(build(request, log=lambda line: print(line, file=sys.stderr)))
+    with contextlib.redirect_stdout(sys.stderr):  # ModelOpt and the exporters print; stdout is for the path
+        output = build(request, log=lambda line: print(line, file=sys.stderr))
+    print(output)
     return 0
 
 

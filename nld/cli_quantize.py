@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -47,18 +48,19 @@ def _add_recipe_options(parser: argparse.ArgumentParser, defaults: EvidenceReque
 
 
 def run_quantize(args: argparse.Namespace, model: str) -> int:
-    output = quantize_checkpoint(
-        Path(model),
-        args.precision,
-        args.output,
-        args.calib,
-        args.samples,
-        args.seq_len,
-        args.kv_cache,
-        args.device,
-        args.force,
-        log=lambda line: print(line, file=sys.stderr),
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # ModelOpt prints; stdout is for the output path
+        output = quantize_checkpoint(
+            Path(model),
+            args.precision,
+            args.output,
+            args.calib,
+            args.samples,
+            args.seq_len,
+            args.kv_cache,
+            args.device,
+            args.force,
+            log=lambda line: print(line, file=sys.stderr),
+        )
     print(output)
     return 0
 
@@ -76,7 +78,8 @@ def run_quant_report(args: argparse.Namespace, model: str) -> int:
         perplexity_windows=args.perplexity_windows,
         device=args.device,
     )
-    report = run_evidence(request)
+    with contextlib.redirect_stdout(sys.stderr):  # ModelOpt prints; stdout is for the table
+        report = run_evidence(request)
     print(markdown(report, args.precision))
     write_report(args.out, report)
     print(f"\nwrote {args.out}", file=sys.stderr)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import math
 import platform
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from nld.corpus import evaluation_files, read_source, sample_windows, stdlib_corpus
 from nld.generate import generate
@@ -73,10 +75,15 @@ def sample_prompts(stream: list[int], count: int, length: int, seed: int = 0) ->
     return sample_windows(torch.tensor(stream), count, length, torch.Generator().manual_seed(seed)).tolist()
 
 
+def progress(items: list, description: str) -> Iterator:
+    """`items` with a progress bar on stderr when it is a terminal (none in logs and tests)."""
+    return iter(tqdm(items, desc=description, unit="prompt", file=sys.stderr, disable=None, leave=False))
+
+
 def perplexity(backend: StepBackend, windows: list[list[int]]) -> float:
     """exp(mean next-token cross-entropy) of causal forwards over `windows`."""
     total, count = 0.0, 0
-    for window in windows:
+    for window in progress(windows, "perplexity"):
         ids = torch.tensor(window)
         request = StepRequest(
             backend.new_cache(len(window)),
@@ -111,7 +118,8 @@ def evaluate_modes(
     reports = []
     for mode, adapter in runs:
         params = GenerationParams(max_new_tokens=max_new_tokens, block_length=block_length, use_adapter=adapter)
-        results = [generate(backend, prompt, mode, params) for prompt in prompts]
+        label = mode if adapter or mode != "linear-spec" else "linear-spec (no adapter)"
+        results = [generate(backend, prompt, mode, params) for prompt in progress(prompts, f"eval {label}")]
         if mode == "ar":
             reference = [r.new_ids for r in results]
         acceptances = [r.mean_acceptance_length for r in results if r.mean_acceptance_length is not None]

@@ -150,7 +150,6 @@ class Decoding:
             return True
         return False
 
-
     def emit_verified(self, tokens: list[int]) -> bool:
         """`emit` for the tokens one verify accepted, recording its acceptance length: the tokens it
         emitted (fewer when EOS or max_new_tokens cut it; with reference semantics, all it accepted, as

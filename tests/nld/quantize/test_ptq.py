@@ -93,6 +93,7 @@ def test_quant_report_cli_writes_table_and_json(tmp_path: Path, capsys: pytest.C
     assert main([*argv, "--perplexity-windows", "2", "--out", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| quadratic-spec | - |" in table and "Held-out perplexity" in table
+    assert table.startswith("int4-awq vs unquantized:"), table[:300]  # nothing of ModelOpt's before it
     report = json.loads(out.read_text())
     assert report["recipe"]["quant_algo"] == "W4A16_AWQ" and report["modelopt"] == "0.47.0"
     modes = {(m["mode"], m["adapter"]) for m in report["modes"]}
