@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="nld-build", description="Build an NLD model for a GPU SKU")
     parser.add_argument("--list-targets", action="store_true", help="print the target x precision matrix")
+    parser.add_argument(
+        "--verify", type=Path, metavar="OUT", help="re-hash a build's artifacts against its manifest.json and stop"
+    )
     parser.add_argument("--model", help="Hugging Face NLD checkpoint folder (default: the built-in tiny model)")
     parser.add_argument("--target", help=f"one of {', '.join(SKUS)}")
     parser.add_argument("--precision", help=f"one of {', '.join(PRECISIONS)}")
@@ -50,6 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
 QUANTIZED = ("fp8", "int4-awq", "nvfp4")
 
 
+def _verify(out: Path) -> int:
+    """`nld-build --verify OUT`: 0 when every artifact is there unchanged, 1 with the list otherwise."""
+    from nld.builder.artifacts import MANIFEST, verify_build
+
+    problems = verify_build(out)
+    for problem in problems:
+        print(problem)
+    print(
+        f"{out}: {'OK, every artifact of ' + MANIFEST + ' matches' if not problems else f'{len(problems)} problem(s)'}",
+        file=sys.stderr,
+    )
+    return 1 if problems else 0
+
+
 def check_options(args: argparse.Namespace, config: object) -> None:
     """Options a plan or a build would otherwise accept and ignore."""
     from nld.convert.trtllm import check_tp
@@ -70,6 +87,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.list_targets:
         print(targets_table())
         return 0
+    if args.verify is not None:
+        return _verify(args.verify)
     missing = [f"--{name}" for name in ("target", "precision") if getattr(args, name) is None]
     if missing:
         raise NLDError(f"{', '.join(missing)} required (or --list-targets)")

@@ -8,7 +8,6 @@ skipped silently.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import platform
@@ -17,9 +16,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from nld.builder import interrupts
+from nld.builder.artifacts import MODEL_DIR, copy_model, hash_files
 from nld.builder.engine_stage import check_engine_runtime, engine_stage, onnx_stage
 from nld.builder.plan import BuildPlan, make_plan
 from nld.builder.profiles import EngineProfile, engine_profiles
@@ -52,23 +50,6 @@ class BuildRequest:
     calibration: Path | None = None  # quantized precisions: text/JSONL file (None: the built-in set)
     calib_samples: int = 64
     kv_cache: str | None = None  # quantized precisions: "fp8" for an FP8 KV cache
-
-
-def sha256(path: Path, bar: tqdm | None = None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-    return digest.hexdigest()
-
-
-def hash_files(root: Path, names: list[str]) -> dict[str, str]:
-    """sha256 of each file under `root`, with a progress bar over the bytes."""
-    total = sum((root / name).stat().st_size for name in names)
-    with tqdm(total=total, desc="sha256", unit="B", unit_scale=True, disable=total < 1 << 28) as bar:
-        return {name: sha256(root / name, bar) for name in names}
 
 
 def _versions() -> dict[str, str]:
@@ -120,14 +101,14 @@ def check_request(request: BuildRequest) -> tuple[Sku, BuildPlan, list[EnginePro
 
 
 def _repository_settings(
-    request: BuildRequest, sku: Sku, engines_built: bool, served: Path
+    request: BuildRequest, sku: Sku, engines_built: bool, served: str
 ) -> tuple[RepositorySettings, str]:
-    """The served model runs the built engines when there are any, else the checkpoint (`served`: the
-    source, or the build's quantized one) with torch."""
-    model = str(served.resolve())
+    """The served model runs the built engines when there are any, else the checkpoint (`served`: its
+    folder inside OUT) with torch. Paths are relative to the repository root (OUT/triton_repo), so the
+    build can move."""
+    model = f"../{served}"
     if engines_built:
-        build_dir = str(Path(request.output).resolve())
-        settings = RepositorySettings(model, "tensorrt", build_dir, device="cuda", max_batch=request.max_batch)
+        settings = RepositorySettings(model, "tensorrt", "..", device="cuda", max_batch=request.max_batch)
         return settings, "serves the engines with the tensorrt backend (needs the target GPU)"
     device = "cpu" if sku.engine_builder is None else "cuda"
     settings = RepositorySettings(model, device=device, max_batch=request.max_batch)
@@ -185,10 +166,14 @@ def build(request: BuildRequest, log: Log = print) -> Path:
                 )
             )
 
+        if not quantized.built:  # the build carries its checkpoint: OUT serves without the source
+            log(f"copying the checkpoint into {MODEL_DIR}/ ...")
+            stages.append(StageRecord(MODEL_DIR, True, copy_model(Path(request.model), staging / MODEL_DIR)))
+            source = staging / MODEL_DIR
         log("writing the Triton model repository ...")
-        served = Path(request.output) / source.relative_to(staging) if quantized.built else Path(request.model)
+        served = str(source.relative_to(staging))
         settings, note = _repository_settings(request, sku, engine.built, served)
-        write_repository(staging / "triton_repo", settings, staged_model=source if quantized.built else None)
+        write_repository(staging / "triton_repo", settings, staged_model=source)
         repo_files = sorted(str(p.relative_to(staging)) for p in (staging / "triton_repo").rglob("*") if p.is_file())
         stages.append(StageRecord("triton_repository", True, repo_files, reason=note))
 
@@ -207,6 +192,12 @@ def build(request: BuildRequest, log: Log = print) -> Path:
             "versions": _versions(),
             "stages": [asdict(stage) for stage in stages],
             "artifacts": artifacts,
+            "served": {  # what `--build OUT` implies (nld generate, nld repo, nld serve-openai, nld bench)
+                "model_dir": served,
+                "backend": settings.backend,
+                "dtype": settings.dtype,
+                "artifacts": engine.built,
+            },
             "seconds": round(time.perf_counter() - started, 3),
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

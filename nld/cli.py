@@ -12,7 +12,7 @@ from pathlib import Path
 from nld.backends.torch_backend import DTYPES
 from nld.checkpoint import NonFiniteWeightsWarning
 from nld.cli_bench import add_bench_command
-from nld.cli_common import prompt_ids_type, quiet_stdout, read_messages, show_defaults
+from nld.cli_common import apply_build, prompt_ids_type, quiet_stdout, read_messages, show_defaults
 from nld.cli_quantize import add_quantize_commands
 from nld.cli_serve import add_serving_commands
 from nld.errors import NLDError
@@ -54,15 +54,24 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="NLD checkpoint folder (default: the built-in tiny model)")
-    parser.add_argument("--backend", default="torch", help="step backend: torch, onnxruntime or tensorrt (CUDA)")
     parser.add_argument(
-        "--build", type=Path, help="nld-build output whose onnx/ (onnxruntime) or engine/ (tensorrt) to reuse"
+        "--backend", help="step backend: torch, onnxruntime or tensorrt (CUDA) (default: the build's, else torch)"
     )
-    parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)} (or fp32, bf16, fp16)")
+    parser.add_argument(
+        "--build",
+        type=Path,
+        help="an nld-build output: its checkpoint, backend and dtype, and its onnx/ (onnxruntime) or engine/ "
+        "(tensorrt); --model, --backend, --dtype override",
+    )
+    parser.add_argument(
+        "--dtype", help=f"one of {', '.join(DTYPES)} (or fp32, bf16, fp16) (default: the build's, else float32)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
 
 def _model_dir(args: argparse.Namespace) -> str:
+    """The model folder; with --build, what the build implies fills the options not given."""
+    apply_build(args)
     return args.model or str(default_model_dir())
 
 

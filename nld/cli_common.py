@@ -68,3 +68,22 @@ def quiet_stdout() -> None:
 
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+
+
+def apply_build(args: argparse.Namespace) -> None:
+    """Fill --model, --backend and --dtype from `--build OUT`'s manifest where not given (then torch and
+    float32 by default); keep --build only where it carries the chosen backend's artifacts."""
+    build = getattr(args, "build", None)
+    if build is not None:
+        from nld.builder.artifacts import read_build
+
+        info = read_build(build)
+        args.model = args.model or str(info.model_dir)
+        args.backend = args.backend or info.backend
+        args.dtype = args.dtype or info.dtype
+        if args.backend == "torch" or not info.artifacts_for_backend:
+            args.build = None
+    if hasattr(args, "backend"):
+        args.backend = args.backend or "torch"
+    if hasattr(args, "dtype"):
+        args.dtype = args.dtype or "float32"

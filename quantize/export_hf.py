@@ -19,7 +19,13 @@ from nld.quantize.hf_format import HF_QUANT_CONFIG
 from nld.quantize.recipes import KEEP_UNQUANTIZED, MODELOPT_VERSION, QuantRecipe
 from nld.staging import staged_directory
 
-COPIED_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+COPIED_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
 ADAPTER_DIR = "linear_spec_lora"
 
 

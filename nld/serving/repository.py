@@ -89,12 +89,12 @@ def render_config(settings: RepositorySettings) -> str:
 
 def write_repository(output: str | Path, settings: RepositorySettings, staged_model: Path | None = None) -> Path:
     """Write the repository to `output` (replacing a previous one there); returns its path.
-    `staged_model`: where the served checkpoint is now when it reaches `settings.model_dir` only later
-    (a build's own quantized checkpoint, still in the staging folder)."""
+    `staged_model`: where the served checkpoint is now when `settings.model_dir` names it as it will be
+    (a build's own checkpoint, still in the staging folder, under a path relative to the repository)."""
     settings.check()
-    model_dir = Path(settings.model_dir).resolve()
-    load_checkpoint(staged_model or model_dir)  # fail now, with the checkpoint's own error, not at server start
-    settings = RepositorySettings(**{**asdict(settings), "model_dir": str(model_dir)})
+    if staged_model is None:  # a user's repository: absolute paths
+        settings = RepositorySettings(**{**asdict(settings), "model_dir": str(Path(settings.model_dir).resolve())})
+    load_checkpoint(staged_model or settings.model_dir)  # fail now, with the checkpoint's own error
     output = Path(output).resolve()
     with staged_directory(output) as staging:
         version_dir = staging / MODEL_NAME / "1"

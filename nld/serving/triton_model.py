@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,13 +36,15 @@ class TritonPythonModel:
 
         self.pb = pb_utils
         parameters = _parameters(json.loads(args["model_config"]))
-        model_dir = parameters["model_dir"]
+        repository = Path(args["model_repository"]).parent  # relative paths (a build's) start here
+        model_dir = str(repository / parameters["model_dir"])
+        build_dir = parameters.get("build_dir")
         backend = load_backend(
             model_dir,
             parameters["backend"],
             parameters["dtype"],
             parameters["device"],
-            build_dir=parameters.get("build_dir") or None,
+            build_dir=str(repository / build_dir) if build_dir else None,
         )
         self.tokenizer = NLDTokenizer.from_dir(model_dir)  # None: token-id prompts only, empty text_output
         context = backend.config.max_position_embeddings

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import nld.builder.engine_stage as engine_stage
-from nld.builder.pipeline import BuildRequest, build, sha256
+from nld.builder.artifacts import sha256
+from nld.builder.pipeline import BuildRequest, build
 from nld.builder.plan import step_tokens
 from nld.builder.profiles import EngineProfile, ShapeRange, engine_profiles
 from nld.builder.skus import SKUS
@@ -52,7 +53,7 @@ def test_engines_are_built_for_the_target_and_listed_with_hashes(built: tuple[st
         assert engine["details"]["engines"][f"{name}.engine"]["targets"] == [EXPECTED_TARGET[target]]
     assert manifest["versions"]["tensorrt-rtx"] == ENGINE_RUNTIMES["tensorrt-rtx"].install.split("==")[1]
     served = json.loads((out / "triton_repo" / "nld_repository.json").read_text())
-    assert (served["backend"], served["device"], served["build_dir"]) == ("tensorrt", "cuda", str(out.resolve()))
+    assert (served["backend"], served["device"], served["build_dir"]) == ("tensorrt", "cuda", "..")
     assert f'string_value: "{out.resolve()}"' in (out / "triton_repo" / "nld" / "config.pbtxt").read_text()
 
 

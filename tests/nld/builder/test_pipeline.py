@@ -10,8 +10,9 @@ import onnx
 import pytest
 
 import nld.builder.pipeline as pipeline
+from nld.builder.artifacts import sha256
 from nld.builder.cli import build_parser, main
-from nld.builder.pipeline import BuildRequest, build, sha256
+from nld.builder.pipeline import BuildRequest, build
 from nld.builder.skus import SKUS
 from nld.errors import NLDError
 from nld.models import default_model_dir
@@ -45,6 +46,8 @@ def test_gb200_bf16_build_writes_checkpoint_repository_and_manifest(tmp_path: Pa
     assert manifest["versions"]["tensorrt_llm"] == "not installed"
     served = json.loads((out / "triton_repo" / "nld_repository.json").read_text())
     assert (served["backend"], served["device"], served["build_dir"]) == ("torch", "cuda", "")
+    assert served["model_dir"] == "../model" and (out / "model" / "model.safetensors").is_file()
+    assert manifest["served"] == {"model_dir": "model", "backend": "torch", "dtype": "float32", "artifacts": False}
 
 
 @pytest.mark.parametrize(
@@ -83,7 +86,7 @@ def test_gb200_fp8_build_quantizes_then_exports_the_quantized_network(tmp_path: 
     assert sum(node.op_type == "QuantizeLinear" for node in graph.node) > 0
     assert stages["engine"]["command"].startswith(f"trtexec --onnx={out}/onnx/step.onnx")
     served = json.loads((out / "triton_repo" / "nld_repository.json").read_text())
-    assert served["model_dir"] == str((out / "quantized").resolve())
+    assert served["model_dir"] == "../quantized"  # relative to triton_repo/: the build can move
     for name, digest in manifest["artifacts"].items():
         assert sha256(out / name) == digest, name
 
