@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from nld.builder.profiles import EngineProfile, trtexec_shape_flags
 from nld.builder.quantize_stage import COMPUTE_PRECISION, is_quantized
@@ -59,7 +61,7 @@ def onnx_stage(model_dir: Path, precision: str, staging: Path, log: Log) -> tupl
     checkpoint = load_checkpoint(model_dir, with_adapter=True)
     graphs = {name: adapter for name, adapter in GRAPHS.items() if not adapter or checkpoint.adapter is not None}
     paths = {}
-    for name, adapter in graphs.items():
+    for name, adapter in tqdm(graphs.items(), desc="onnx export", unit="graph", file=sys.stderr, disable=None):
         log(f"exporting the {name} network to ONNX ({precision}) ...")
         path = staging / "onnx" / f"{name}.onnx"
         if is_quantized(precision):  # Q/DQ from the quantized checkpoint's own tensors

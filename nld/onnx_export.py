@@ -8,11 +8,13 @@ Attention is exported as plain MatMul/Softmax (no opset-23 `Attention`, which Te
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnx
@@ -66,6 +68,22 @@ def _rewrite_in_place(graph_path: Path, rewrite: Callable[[onnx.ModelProto], obj
     )
 
 
+# The exporter logs one warning per torchvision op it skips when torchvision is absent (8 lines per graph).
+REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """Only errors from logger `name` while the block runs."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_step_onnx(
     model: NLDTransformer,
     path: str | Path,
@@ -99,7 +117,7 @@ def export_step_onnx(
     # private folder under the final names, then move the weights and, last, the graph into place.
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_logger(REGISTRATION_LOGGER):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 StepNetwork(model, adapter).eval(),

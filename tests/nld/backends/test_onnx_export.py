@@ -64,3 +64,25 @@ def test_an_on_the_fly_export_leaves_no_folder(tmp_path: Path, monkeypatch: pyte
     backend = BACKENDS["onnxruntime"].from_checkpoint(load_checkpoint(fixture_dir("tiny_b8"), with_adapter=True))
     assert list(tmp_path.glob("nld-onnx-*")) == []  # (torch may leave its own caches there)
     assert len(generate(backend, [1, 5, 9], "linear-spec").new_ids) > 0
+
+
+def test_the_export_prints_no_torchvision_warnings(tmp_path: Path) -> None:
+    """Without torchvision the exporter logged one warning per skipped torchvision op (8 per graph), once
+    per process: so a fresh one."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch; from nld.checkpoint import load_checkpoint; from nld.model import NLDTransformer; "
+        "from nld.onnx_export import export_step_onnx; "
+        "model = NLDTransformer.from_checkpoint(load_checkpoint(sys.argv[1]), torch.float32); "
+        "export_step_onnx(model, sys.argv[2])"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(fixture_dir("tiny_b8")), str(tmp_path / "step.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "torchvision" not in run.stderr + run.stdout
