@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -39,26 +40,35 @@ def pareto_chart(records: list[dict], path: Path, title: str) -> Path:
 
 
 def histograms(records: list[dict], path: Path, title: str) -> Path:
-    """Per mode (concurrency 1 where measured, else the lowest): tokens per forward of each request, and
-    acceptance length of each verify for the self-speculation modes."""
-    first = {}
+    """Small multiples, one row per mode (at its lowest measured concurrency, named in the row title):
+    tokens per forward of each request, and acceptance length of each verify for the self-speculation
+    modes. Every row shares the column's bins and x axis, so rows compare at a glance."""
+    first: dict[str, dict] = {}
     for record in sorted(records, key=lambda r: r["concurrency"]):
         first.setdefault(record["mode"], record)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    tpf = [value for record in first.values() for value in record["tokens_per_forward_per_request"]]
+    lengths = [value for record in first.values() for value in record["acceptance_lengths"]]
+    tpf_bins = np.linspace(min(tpf, default=0.0), max(tpf, default=1.0) + 1e-9, 21)
+    length_bins = np.arange(0.5, max(lengths, default=1) + 1.5)
     colors = _colors(records)
-    for mode, record in first.items():
-        left.hist(record["tokens_per_forward_per_request"], bins=20, alpha=0.5, label=mode, color=colors[mode])
+    rows = max(1, len(first))
+    figure, axes = plt.subplots(rows, 2, figsize=(11, 1.9 * rows + 1), squeeze=False, sharex="col")
+    for row, (mode, record) in enumerate(first.items()):
+        left, right = axes[row]
+        left.hist(record["tokens_per_forward_per_request"], bins=tpf_bins, color=colors[mode])
+        left.set_title(f"{mode}, {record['concurrency']} user(s): tokens per forward", fontsize=9, loc="left")
+        left.set_ylabel("requests")
         if record["acceptance_lengths"]:
-            lengths = record["acceptance_lengths"]
-            bins = range(1, max(lengths) + 2)
-            right.hist(lengths, bins=bins, alpha=0.5, label=mode, align="left", color=colors[mode])
-    left.set_xlabel("tokens per forward (per request)")
-    left.set_ylabel("requests")
-    right.set_xlabel("acceptance length (per verify)")
-    right.set_ylabel("verifies")
-    for axes in (left, right):
-        axes.grid(True, alpha=0.3)
-        axes.legend()
+            right.hist(record["acceptance_lengths"], bins=length_bins, color=colors[mode], rwidth=0.85)
+            right.set_title(f"{mode}: acceptance length per verify", fontsize=9, loc="left")
+            right.set_ylabel("verifies")
+        else:
+            right.text(0.5, 0.5, f"{mode}: no verify steps", ha="center", va="center", transform=right.transAxes)
+            right.set_yticks([])
+        for cell in (left, right):
+            cell.grid(True, alpha=0.3)
+    axes[-1][0].set_xlabel("tokens per forward (per request)")
+    axes[-1][1].set_xlabel("acceptance length (tokens per verify)")
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
