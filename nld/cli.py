@@ -41,6 +41,8 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-causal-context", action="store_true", help="diffusion: bidirectional prefill/commit")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    parser.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top probability")
     parser.add_argument("--seed", type=int, help="seed for sampling (temperature > 0)")
     parser.add_argument("--no-lora", action="store_true", help="ignore the linear_spec_lora/ draft adapter")
     parser.add_argument(
@@ -140,6 +142,8 @@ def run_generate(args: argparse.Namespace) -> int:
         causal_context=not args.no_causal_context,
         temperature=args.temperature,
         top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
         seed=args.seed,
         use_adapter=not args.no_lora,
         reference_semantics=args.reference_semantics,

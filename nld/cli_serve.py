@@ -91,6 +91,8 @@ def add_serving_commands(
     client.add_argument("--no-stream", action="store_true", help="one response at the end instead of a stream")
     client.add_argument("--temperature", type=float)
     client.add_argument("--top-p", type=float)
+    client.add_argument("--top-k", type=int, help="sample among the k most likely tokens (0: all)")
+    client.add_argument("--min-p", type=float, help="drop tokens below min-p x the top probability")
     client.add_argument("--seed", type=int)
     client.add_argument("--block-length", type=int)
     client.add_argument("--threshold", type=float)
@@ -245,6 +247,8 @@ def run_client(args: argparse.Namespace) -> int:
         "stream": not args.no_stream,
         "temperature": args.temperature,
         "top_p": args.top_p,
+        "top_k": args.top_k,
+        "min_p": args.min_p,
         "seed": args.seed,
         "block_length": args.block_length,
         "threshold": args.threshold,

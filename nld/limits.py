@@ -70,6 +70,8 @@ BOUNDS: dict[str, Bound] = {
     "threshold": Bound(0.0, 1.0),
     "temperature": Bound(0.0, MAX_TEMPERATURE),
     "top_p": Bound(0.0, 1.0, low_open=True),
+    "top_k": Bound(0, 2**31 - 1, integer=True),  # 0: off
+    "min_p": Bound(0.0, 1.0),  # 0: off
     "seed": Bound(0, MAX_SEED, integer=True),
 }
 EOS_ID = Bound(0, 2**31 - 1, integer=True)

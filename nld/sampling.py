@@ -1,4 +1,5 @@
-"""Token selection from logits: greedy or temperature / top-p sampling, with optional banned ids.
+"""Token selection from logits: greedy, or temperature sampling filtered by top-k, min-p and top-p (in
+that order, as vLLM and transformers apply them), with optional banned ids.
 
 `select_tokens` returns, per row, the chosen id and its confidence: the model's softmax probability of
 that id (temperature 1, over the vocabulary minus the banned ids). That is the confidence the diffusion
@@ -23,10 +24,12 @@ class Sampler:
     top_p: float = 1.0
     banned_ids: tuple[int, ...] = ()
     generator: torch.Generator | None = field(default=None, repr=False)
+    top_k: int = 0  # keep the k most likely ids (0: all)
+    min_p: float = 0.0  # keep ids at least min_p x the most likely one's probability (0: all)
 
     def __post_init__(self) -> None:
-        check_value("temperature", self.temperature)
-        check_value("top_p", self.top_p)
+        for name in ("temperature", "top_p", "top_k", "min_p"):
+            check_value(name, getattr(self, name))
 
     @property
     def greedy(self) -> bool:
@@ -52,6 +55,22 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return filtered / filtered.sum(dim=-1, keepdim=True)
 
 
+def _top_k_filter(probs: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Keep the `top_k` largest probabilities of each row (ties at the k-th kept), renormalised."""
+    if top_k >= probs.shape[-1]:
+        return probs
+    kth = probs.topk(top_k, dim=-1).values[:, -1:]
+    filtered = probs.masked_fill(probs < kth, 0.0)
+    return filtered / filtered.sum(dim=-1, keepdim=True)
+
+
+def _min_p_filter(probs: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Keep the ids whose probability is at least min_p x the row's largest, renormalised."""
+    floor = probs.max(dim=-1, keepdim=True).values * min_p
+    filtered = probs.masked_fill(probs < floor, 0.0)
+    return filtered / filtered.sum(dim=-1, keepdim=True)
+
+
 def select_tokens(logits: torch.Tensor, sampler: Sampler) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row of `logits` [N, V]; return (ids [N] int64, confidence [N] float32)."""
     if sampler.greedy and len(sampler.banned_ids) <= 1:  # the top-1 kernel (CUDA) or its reference
@@ -65,6 +84,10 @@ def select_tokens(logits: torch.Tensor, sampler: Sampler) -> tuple[torch.Tensor,
         ids = logits.argmax(dim=-1)
     else:
         tempered = torch.softmax(logits / sampler.temperature, dim=-1)
+        if sampler.top_k > 0:
+            tempered = _top_k_filter(tempered, sampler.top_k)
+        if sampler.min_p > 0:
+            tempered = _min_p_filter(tempered, sampler.min_p)
         if sampler.top_p < 1:
             tempered = _top_p_filter(tempered, sampler.top_p)
         gen = sampler.generator

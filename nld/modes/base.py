@@ -34,6 +34,8 @@ class GenerationParams:
     causal_context: bool = True
     temperature: float = 0.0
     top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
     seed: int | None = None
     eos_token_ids: tuple[int, ...] | None = None
     use_adapter: bool = True
@@ -90,7 +92,7 @@ class Decoding:
         self.eos_ids = frozenset(config.eos_token_ids if params.eos_token_ids is None else params.eos_token_ids)
         banned = () if params.reference_semantics else (config.mask_token_id,)
         generator = seeded_generator(params.seed)
-        self.sampler = Sampler(params.temperature, params.top_p, banned, generator)
+        self.sampler = Sampler(params.temperature, params.top_p, banned, generator, params.top_k, params.min_p)
         self.has_adapter = has_adapter
         self.state = Generation(mode=mode, prompt_ids=list(prompt_ids))
 

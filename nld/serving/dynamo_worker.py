@@ -41,8 +41,6 @@ FINISH_REASONS = {"stop": "eos", "length": "length", "cancelled": "cancelled", "
 # Request fields the engine does not implement yet (issue 23): refused by name rather than ignored.
 # (section of Dynamo's request, field, OpenAI name); a field counts as set unless None/False/0 (n: 1).
 UNSUPPORTED = (
-    ("sampling_options", "top_k", "top_k"),
-    ("sampling_options", "min_p", "min_p"),
     ("sampling_options", "presence_penalty", "presence_penalty"),
     ("sampling_options", "frequency_penalty", "frequency_penalty"),
     ("sampling_options", "repetition_penalty", "repetition_penalty"),
@@ -129,6 +127,8 @@ class NLDHandler:
         fields: dict[str, Any] = {
             "temperature": sampling.get("temperature"),
             "top_p": sampling.get("top_p"),
+            "top_k": None if sampling.get("top_k") == -1 else sampling.get("top_k"),  # -1: off (vLLM's spelling)
+            "min_p": sampling.get("min_p"),
             "seed": sampling.get("seed"),
             "max_new_tokens": stops.get("max_tokens"),
             "block_length": extra.get("block_length"),

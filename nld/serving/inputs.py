@@ -43,6 +43,8 @@ FIELD_TO_INPUT = {
     "threshold": "threshold",
     "temperature": "temperature",
     "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
     "seed": "seed",
 }
 
@@ -109,6 +111,8 @@ INPUTS: dict[str, InputSpec] = {
     "stream": InputSpec("TYPE_BOOL", _bool),
     "temperature": InputSpec("TYPE_FP32", _float),
     "top_p": InputSpec("TYPE_FP32", _float),
+    "top_k": InputSpec("TYPE_INT32", _int),
+    "min_p": InputSpec("TYPE_FP32", _float),
     "seed": InputSpec("TYPE_UINT64", _int),
     "end_id": InputSpec("TYPE_INT32", _int),
     "mode": InputSpec(
@@ -187,6 +191,8 @@ def parse_inputs(
             threshold=values.get("threshold"),
             temperature=values.get("temperature", 0.0),
             top_p=values.get("top_p", 1.0),
+            top_k=values.get("top_k", 0),
+            min_p=values.get("min_p", 0.0),
             seed=values.get("seed"),
             eos_token_ids=(values["end_id"],) if "end_id" in values else None,
         )

@@ -83,6 +83,8 @@ POOLS: dict[str, tuple[list[Any], list[Any]]] = {
         [-0.0, MAX_TEMPERATURE, 100.0001, 1e-5, 1e-40, 1e-45, -1.0, -1e-40, INF, -INF, NAN, F32_MAX],
     ),
     "top_p": ([1.0, 0.9, 0.5], [1e-40, 1.0000001, 0.0, -0.0, -1.0, 2.0, INF, -INF, NAN, F32_MAX]),
+    "top_k": ([0, 1, 5, 50], [-1, 4096, 10**6, 2**31 - 1, -(2**31)]),
+    "min_p": ([0.0, 0.05, 0.2], [1.0, 1.0000001, -1e-40, -1.0, INF, NAN]),
     "seed": ([0, 1, 12345], [2**63, 2**64 - 1]),
     "end_id": ([2, 4095, 269], [0, 3, 4096, -1, 2**31 - 1, -(2**31)]),  # 3 is the mask id: never emitted
     "mode": (list(REQUEST_MODES), ["", "beam", "AR", " ar", "linear_spec", b"\xfe"]),
@@ -226,9 +228,11 @@ def model_faults(case: Case, tokenizer: NLDTokenizer, config: NLDConfig) -> set[
     fits = prompt_length is None or prompt_length >= context or prompt_length + max_tokens <= context
     if out_of_bounds("max_new_tokens", max_tokens) or not fits:
         bad.add("max_tokens")
-    for name in ("temperature", "top_p", "threshold"):
+    for name in ("temperature", "top_p", "threshold", "min_p"):
         if name in values and out_of_bounds(name, f32(values[name])):
             bad.add(name)
+    if "top_k" in values and out_of_bounds("top_k", values["top_k"]):
+        bad.add("top_k")
     if "end_id" in values and not (EOS_ID.low <= values["end_id"] < vocab):
         bad.add("end_id")
     block = values.get("block_length")

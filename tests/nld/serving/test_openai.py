@@ -177,7 +177,7 @@ def test_bad_requests_are_400_naming_the_field_and_workers_stay_healthy(client, 
         "op_p": {"top_p": 2.0},
         "block_length": {"max_tokens": 8, "extra_body": {"nvext": {"annotations": ["block_length=4096"]}}},
         "threshold": {"max_tokens": 8, "extra_body": {"nvext": {"annotations": ["threshold=high"]}}},
-        "top_k": {"max_tokens": 8, "extra_body": {"top_k": 5}},  # not implemented: refused, not ignored
+        "top_k": {"max_tokens": 8, "extra_body": {"top_k": -2}},
         "presence_penalty": {"max_tokens": 8, "presence_penalty": 0.5},
         "logprobs": {"max_tokens": 8, "logprobs": 2},
     }
@@ -188,6 +188,11 @@ def test_bad_requests_are_400_naming_the_field_and_workers_stay_healthy(client, 
         client.completions.create(model=f"{NAME}:bogus", prompt=PROMPT, max_tokens=8)
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         client.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=5000)
+    one = {"top_k": 1}  # sampling among one id: the greedy output, whatever the temperature
+    sampled = client.completions.create(
+        model=f"{NAME}:ar", prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=1.5, extra_body=one
+    )
+    assert sampled.choices[0].text == expected(completion_ids(PROMPT), "ar")[0]
     for _ in range(4):  # both workers (round-robin) still serve
         response = client.completions.create(model=f"{NAME}:ar", prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0.0)
         assert response.choices[0].text == expected(completion_ids(PROMPT), "ar")[0]
