@@ -177,7 +177,7 @@ def test_bad_requests_are_400_naming_the_field_and_workers_stay_healthy(client, 
         "op_p": {"top_p": 2.0},
         "block_length": {"max_tokens": 8, "extra_body": {"nvext": {"annotations": ["block_length=4096"]}}},
         "threshold": {"max_tokens": 8, "extra_body": {"nvext": {"annotations": ["threshold=high"]}}},
-        "top_k": {"max_tokens": 8, "extra_body": {"top_k": -2}},
+        "op_k": {"max_tokens": 8, "extra_body": {"top_k": -2}},  # Dynamo's own check: >= -1
         "presence_penalty": {"max_tokens": 8, "presence_penalty": 0.5},
         "logprobs": {"max_tokens": 8, "logprobs": 2},
     }
