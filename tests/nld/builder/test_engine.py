@@ -54,7 +54,9 @@ def test_engines_are_built_for_the_target_and_listed_with_hashes(built: tuple[st
     assert manifest["versions"]["tensorrt-rtx"] == ENGINE_RUNTIMES["tensorrt-rtx"].install.split("==")[1]
     served = json.loads((out / "triton_repo" / "nld_repository.json").read_text())
     assert (served["backend"], served["device"], served["build_dir"]) == ("tensorrt", "cuda", "..")
-    assert f'string_value: "{out.resolve()}"' in (out / "triton_repo" / "nld" / "config.pbtxt").read_text()
+    assert (
+        'key: "build_dir" value: { string_value: ".." }' in (out / "triton_repo" / "nld" / "config.pbtxt").read_text()
+    )
 
 
 def test_build_log_shows_targets_and_fused_attention_in_every_layer(built: tuple[str, Path]) -> None:

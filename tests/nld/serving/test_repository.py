@@ -45,8 +45,7 @@ def test_bad_settings_fail_before_anything_is_written(tmp_path: Path) -> None:
     ("options", "message"),
     [
         (["--backend", "bogus"], "--backend 'bogus' is not one of torch, onnxruntime, tensorrt"),
-        (["--build", "{tmp}"], "--build applies to the onnxruntime and tensorrt backends, not 'torch'"),
-        (["--build", "{tmp}", "--backend", "onnxruntime"], "no onnx/ for the onnxruntime backend"),
+        (["--build", "{tmp}"], "no manifest.json; is it an nld-build output?"),
     ],
 )
 def test_nld_repo_refuses_what_the_server_would_fail_on(
@@ -77,3 +76,13 @@ def test_a_model_without_tokenizer_is_served_with_token_ids_only(
     assert "no tokenizer.json: the server takes input_ids prompts only" in capsys.readouterr().err
     assert main(["serve-openai", "--model", model, "--http-port", "1"]) == 2
     assert "no tokenizer.json; the server takes text prompts" in capsys.readouterr().err
+
+
+def test_check_servable_names_build_problems(tmp_path: Path) -> None:
+    from nld.serving.repository import check_servable
+
+    model = str(default_model_dir())
+    with pytest.raises(NLDError, match="--build applies to the onnxruntime and tensorrt backends, not 'torch'"):
+        check_servable(RepositorySettings(model, "torch", str(tmp_path)))
+    with pytest.raises(NLDError, match="no onnx/ for the onnxruntime backend"):
+        check_servable(RepositorySettings(model, "onnxruntime", str(tmp_path)))
