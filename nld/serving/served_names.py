@@ -23,8 +23,11 @@ def endpoint_name(mode: str | None) -> str:
 
 
 def default_served_name(model_dir: str | Path) -> str:
-    """`nld-tiny` for the built-in model, else the checkpoint folder's name."""
+    """`nld-tiny` for the built-in model, the build folder's name for a build's checkpoint (OUT/model,
+    OUT/quantized), else the checkpoint folder's name."""
     from nld.models import BUILTIN_MODEL
 
     path = Path(model_dir).resolve()
-    return "nld-tiny" if path == BUILTIN_MODEL.resolve() else path.name
+    if path == BUILTIN_MODEL.resolve():
+        return "nld-tiny"
+    return path.parent.name if (path.parent / "manifest.json").is_file() else path.name

@@ -86,3 +86,14 @@ def test_check_servable_names_build_problems(tmp_path: Path) -> None:
         check_servable(RepositorySettings(model, "torch", str(tmp_path)))
     with pytest.raises(NLDError, match="no onnx/ for the onnxruntime backend"):
         check_servable(RepositorySettings(model, "onnxruntime", str(tmp_path)))
+
+
+def test_served_names_default_to_the_build_folder(tmp_path: Path) -> None:
+    from nld.serving.served_names import default_served_name
+
+    build = tmp_path / "nld-8b-gb200"
+    (build / "model").mkdir(parents=True)
+    (build / "manifest.json").write_text("{}")
+    assert default_served_name(build / "model") == "nld-8b-gb200"
+    assert default_served_name(tmp_path / "my-checkpoint") == "my-checkpoint"
+    assert default_served_name(default_model_dir()) == "nld-tiny"
