@@ -75,6 +75,7 @@ BOUNDS: dict[str, Bound] = {
     "seed": Bound(0, MAX_SEED, integer=True),
 }
 EOS_ID = Bound(0, 2**31 - 1, integer=True)
+MAX_EOS_IDS = 256  # stop token ids a request may give
 
 
 def check_value(field: str, value: object) -> None:
@@ -90,7 +91,10 @@ def check_fields(values: dict[str, object], eos_token_ids: Iterable[object] | No
     """The model-free bounds of a request's parameters, {BOUNDS key: value} (GenerationParams calls this)."""
     for field, value in values.items():
         check_value(field, value)
-    for token in eos_token_ids or ():
+    eos_token_ids = list(eos_token_ids or ())
+    if len(eos_token_ids) > MAX_EOS_IDS:
+        raise ParameterError("eos_token_ids", f"{len(eos_token_ids)} ids exceed {MAX_EOS_IDS}")
+    for token in eos_token_ids:
         problem = EOS_ID.problem(token)
         if problem:
             raise ParameterError("eos_token_ids", problem)

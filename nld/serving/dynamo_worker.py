@@ -35,7 +35,7 @@ from nld.tokenizer import NLDTokenizer
 
 LOG = logging.getLogger("nld.dynamo")
 DEFAULT_MODE = "linear-spec"  # `nld generate`'s default
-OPENAI_NAMES = {"max_new_tokens": "max_tokens"}  # our field -> the OpenAI request field
+OPENAI_NAMES = {"max_new_tokens": "max_tokens", "eos_token_ids": "stop_token_ids"}  # ours -> the OpenAI field
 ANNOTATION_FIELDS: dict[str, Callable[[str], Any]] = {"block_length": int, "threshold": float}
 FINISH_REASONS = {"stop": "eos", "length": "length", "cancelled": "cancelled", "error": "error"}
 # Request fields the engine does not implement yet (issue 23): refused by name rather than ignored.
@@ -50,7 +50,6 @@ UNSUPPORTED = (
     ("sampling_options", "guided_decoding", "response_format"),
     ("output_options", "logprobs", "logprobs"),
     ("output_options", "prompt_logprobs", "prompt_logprobs"),
-    ("stop_conditions", "stop_token_ids", "stop_token_ids"),
     ("stop_conditions", "min_tokens", "min_tokens"),
     ("stop_conditions", "ignore_eos", "ignore_eos"),
 )
@@ -134,6 +133,10 @@ class NLDHandler:
             "block_length": extra.get("block_length"),
             "threshold": extra.get("threshold"),
         }
+        stop_ids = stops.get("stop_token_ids")
+        if stop_ids:  # besides the model's own EOS ids, as vLLM takes them
+            eos = request.get("eos_token_ids") or self.engine.backend.config.eos_token_ids
+            fields["eos_token_ids"] = tuple(dict.fromkeys([*eos, *stop_ids]))
         params = GenerationParams(**{name: value for name, value in fields.items() if value is not None})
         if stops.get("max_tokens") is None:  # bound the default by the context, as the frontend does not
             room = self.engine.backend.config.max_position_embeddings - len(prompt_ids)

@@ -139,6 +139,22 @@ def test_stop_string_cuts_the_text(client) -> None:  # type: ignore[no-untyped-d
     assert response.choices[0].finish_reason == "stop"
 
 
+def test_stop_token_ids_end_the_completion_after_that_token(client) -> None:  # type: ignore[no-untyped-def]
+    from nld.generate import generate, load_backend
+
+    ids = completion_ids(PROMPT)
+    full = generate(
+        load_backend(str(default_model_dir())), list(ids), "ar", GenerationParams(max_new_tokens=MAX_TOKENS)
+    )
+    stop = full.new_ids[3]
+    cut = full.new_ids[: full.new_ids.index(stop) + 1]
+    response = client.completions.create(
+        model=f"{NAME}:ar", prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0.0, extra_body={"stop_token_ids": [stop]}
+    )
+    assert response.choices[0].finish_reason == "stop" and response.usage.completion_tokens == len(cut)
+    assert response.choices[0].text == tokenizer().decode(cut[:-1])  # Dynamo hides the stop token's text
+
+
 def worker_requests(server: OpenAIRun) -> dict[int, float]:
     """{worker pid: requests its engine started}, from each worker's /metrics."""
     counts = {}
