@@ -18,6 +18,7 @@ mkdir -p build/demo
 "$nld" repo "${model_args[@]}" --output "$repo" >/dev/null
 read -r grpc http metrics < <(.venv/bin/python -c \
   'from nld.serving.server import free_port as f; print(f(), f(), f())')
+: >"$log"  # exists before the wait loop reads it
 "$nld" serve "$repo" --grpc-port "$grpc" --http-port "$http" --metrics-port "$metrics" >"$log" 2>&1 &
 server=$!
 trap 'kill -TERM ${server:-} ${openai_server:-} 2>/dev/null; wait 2>/dev/null || true' EXIT
@@ -42,6 +43,7 @@ server=
 
 openai_log=build/demo/serve-openai.log
 openai_port=$(.venv/bin/python -c 'from nld.serving.server import free_port; print(free_port())')
+: >"$openai_log"
 "$nld" serve-openai "${model_args[@]}" --http-port "$openai_port" >"$openai_log" 2>&1 &
 openai_server=$!
 echo "starting nld serve-openai (log: $openai_log) ..."
