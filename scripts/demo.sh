@@ -12,6 +12,18 @@ if [ -n "${NLD_DEMO_MODEL:-}" ]; then
   model_args=(--model "$NLD_DEMO_MODEL")
 fi
 nld=.venv/bin/nld
+
+wait_ready() {  # PID LOG NAME: until LOG has the ready: line; the log and exit 1 if PID died first
+  echo "starting $3 (log: $2) ..."
+  until grep -q '^ready:' "$2"; do
+    if ! kill -0 "$1" 2>/dev/null; then
+      echo "$3 failed to start:" >&2
+      cat "$2" >&2
+      exit 1
+    fi
+    sleep 0.5
+  done
+}
 repo=build/demo/triton_repo
 log=build/demo/serve.log
 mkdir -p build/demo
@@ -22,15 +34,7 @@ read -r grpc http metrics < <(.venv/bin/python -c \
 "$nld" serve "$repo" --grpc-port "$grpc" --http-port "$http" --metrics-port "$metrics" >"$log" 2>&1 &
 server=$!
 trap 'kill -TERM ${server:-} ${openai_server:-} 2>/dev/null; wait 2>/dev/null || true' EXIT
-echo "starting tritonserver (log: $log) ..."
-until grep -q '^ready:' "$log"; do
-  if ! kill -0 "$server" 2>/dev/null; then
-    echo "tritonserver failed to start:" >&2
-    cat "$log" >&2
-    exit 1
-  fi
-  sleep 0.5
-done
+wait_ready "$server" "$log" tritonserver
 grep '^ready:' "$log"
 prompt='def fibonacci(n):'
 for mode in ar diffusion linear-spec quadratic-spec; do
@@ -46,15 +50,7 @@ openai_port=$(.venv/bin/python -c 'from nld.serving.server import free_port; pri
 : >"$openai_log"
 "$nld" serve-openai "${model_args[@]}" --http-port "$openai_port" >"$openai_log" 2>&1 &
 openai_server=$!
-echo "starting nld serve-openai (log: $openai_log) ..."
-until grep -q '^ready:' "$openai_log"; do
-  if ! kill -0 "$openai_server" 2>/dev/null; then
-    echo "nld serve-openai failed to start:" >&2
-    cat "$openai_log" >&2
-    exit 1
-  fi
-  sleep 0.5
-done
+wait_ready "$openai_server" "$openai_log" "nld serve-openai"
 url=$(grep '^ready:' "$openai_log" | cut -d' ' -f2)
 echo "ready: $url"
 echo "=== OpenAI API: /v1/completions, model <name>:linear-spec"

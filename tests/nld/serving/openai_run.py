@@ -127,6 +127,14 @@ class OpenAIRun:
                     return folder
         raise AssertionError(f"no {WORKDIR_PREFIX}* folder owned by {self.process.pid}")
 
+    def stop(self) -> None:
+        """Ctrl-C, as a terminal sends it, then wait; whatever is left afterwards is killed."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            self.process.wait(timeout=60)
+        finally:
+            self.kill_all()
+
     def kill_all(self) -> None:
         """Whatever a failed test left."""
         for pid in process_tree(self.process.pid):

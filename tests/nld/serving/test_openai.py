@@ -53,11 +53,7 @@ def server() -> Iterator[OpenAIRun]:
     try:
         yield run.wait_ready()
     finally:
-        os.killpg(run.process.pid, signal.SIGINT)
-        try:
-            run.process.wait(timeout=60)
-        finally:
-            run.kill_all()
+        run.stop()
 
 
 @pytest.fixture(scope="module")

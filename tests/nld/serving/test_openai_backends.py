@@ -4,8 +4,6 @@ one needs CUDA); its completions equal in-process generation on the same backend
 from __future__ import annotations
 
 import importlib.util
-import os
-import signal
 
 import pytest
 
@@ -40,8 +38,4 @@ def test_onnxruntime_worker_equals_in_process_onnxruntime() -> None:
             response = client.completions.create(model=f"{NAME}:{mode}", prompt=PROMPT, max_tokens=24, temperature=0)
             assert response.choices[0].text == tokenizer.decode(expected.new_ids), mode
     finally:
-        os.killpg(run.process.pid, signal.SIGINT)
-        try:
-            run.process.wait(timeout=60)
-        finally:
-            run.kill_all()
+        run.stop()
