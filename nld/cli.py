@@ -12,7 +12,16 @@ from pathlib import Path
 from nld.backends.torch_backend import DTYPES
 from nld.checkpoint import NonFiniteWeightsWarning
 from nld.cli_bench import add_bench_command
-from nld.cli_common import apply_build, prompt_ids_type, quiet_stdout, read_messages, show_defaults
+from nld.cli_common import (
+    add_output_controls,
+    apply_build,
+    output_control_values,
+    print_logprobs,
+    prompt_ids_type,
+    quiet_stdout,
+    read_messages,
+    show_defaults,
+)
 from nld.cli_quantize import add_quantize_commands
 from nld.cli_serve import add_serving_commands
 from nld.errors import NLDError
@@ -20,7 +29,6 @@ from nld.evaluate import eval_token_stream, evaluate_modes, markdown_table, perp
 from nld.generate import generate, load_backend
 from nld.models import default_model_dir
 from nld.modes import MODES, GenerationParams
-from nld.serving.detokenize import IncrementalText
 from nld.tokenizer import NLDTokenizer
 
 
@@ -44,6 +52,7 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
     parser.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top probability")
     parser.add_argument("--seed", type=int, help="seed for sampling (temperature > 0)")
+    add_output_controls(parser)
     parser.add_argument("--no-lora", action="store_true", help="ignore the linear_spec_lora/ draft adapter")
     parser.add_argument(
         "--reference-semantics",
@@ -147,17 +156,18 @@ def run_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         use_adapter=not args.no_lora,
         reference_semantics=args.reference_semantics,
+        **output_control_values(args),
     )
     streamer = None
     if tokenizer is not None and not args.json:  # text as it becomes final, as `nld client` prints it
-        text = IncrementalText(tokenizer.tokenizer)
 
-        def streamer(ids: list[int]) -> None:
-            print(text.push(ids), end="", flush=True)
+        def streamer(ids: list[int], text: str) -> None:
+            print(text, end="", flush=True)
 
-    result = generate(backend, prompt_ids, args.mode, params, streamer)
+    raw_tokenizer = tokenizer.tokenizer if tokenizer is not None else None
+    result = generate(backend, prompt_ids, args.mode, params, streamer, raw_tokenizer)
     if streamer is not None:
-        print(text.flush())
+        print(flush=True)
     record = {
         "mode": args.mode,
         "prompt_ids": prompt_ids,
@@ -170,7 +180,12 @@ def run_generate(args: argparse.Namespace) -> int:
         "seconds": round(result.seconds, 4),
     }
     if tokenizer is not None:
-        record["text"] = tokenizer.decode(result.new_ids)
+        record["text"] = result.text
+    if result.logprobs is not None:
+        record["logprobs"] = [
+            {"id": token, "logprob": entry.logprob, "top": [list(pair) for pair in entry.top]}
+            for token, entry in zip(result.new_ids, result.logprobs, strict=True)
+        ]
     if args.json:
         print(json.dumps(record))
     else:
@@ -181,6 +196,9 @@ def run_generate(args: argparse.Namespace) -> int:
             f"{record['tokens_per_forward']} tokens/forward, {record['seconds']} s ({result.finish_reason})",
             file=sys.stderr,
         )
+        if result.logprobs is not None:
+            tops = [list(entry.top) for entry in result.logprobs]
+            print_logprobs(result.new_ids, [entry.logprob for entry in result.logprobs], tops)
     return 0
 
 

@@ -87,3 +87,38 @@ def apply_build(args: argparse.Namespace) -> None:
         args.backend = args.backend or "torch"
     if hasattr(args, "dtype"):
         args.dtype = args.dtype or "float32"
+
+
+def add_output_controls(parser: argparse.ArgumentParser) -> None:
+    """The stop-string, penalty and log-probability options `nld generate` and `nld client` share
+    (unset: the engine's defaults, all off)."""
+    parser.add_argument(
+        "--stop", action="append", metavar="TEXT", help="end the output before this text (repeatable; needs tokenizer)"
+    )
+    parser.add_argument(
+        "--repetition-penalty", type=float, help="scale the logits of ids seen in the prompt or output (1: off)"
+    )
+    parser.add_argument("--presence-penalty", type=float, help="subtract this from ids seen in the output (0: off)")
+    parser.add_argument("--frequency-penalty", type=float, help="subtract this x an id's count in the output (0: off)")
+    parser.add_argument(
+        "--logprobs", type=int, metavar="N", help="report each token's log-probability and the N most likely ids"
+    )
+
+
+def output_control_values(args: argparse.Namespace) -> dict[str, object]:
+    """The options of `add_output_controls` that were given, as GenerationParams fields."""
+    values = {
+        "stop": tuple(args.stop) if args.stop else None,
+        "repetition_penalty": args.repetition_penalty,
+        "presence_penalty": args.presence_penalty,
+        "frequency_penalty": args.frequency_penalty,
+        "logprobs": args.logprobs,
+    }
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def print_logprobs(ids: list[int], logprobs: list[float], tops: list[list[tuple[int, float]]]) -> None:
+    """One stderr line per output id: its log-probability and the most likely ids at its position."""
+    for token, logprob, top in zip(ids, logprobs, tops, strict=False):
+        alternatives = ", ".join(f"{other} {value:.3f}" for other, value in top)
+        print(f"  {token:>6} {logprob:8.3f}  [{alternatives}]", file=sys.stderr)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nld.bench.crossover import read_auto_threshold
-from nld.cli_common import prompt_ids_type, read_messages
+from nld.cli_common import add_output_controls, print_logprobs, prompt_ids_type, read_messages
 from nld.errors import NLDError
 from nld.serving.client import NLDClient
 from nld.serving.inputs import REQUEST_MODES
@@ -94,6 +94,7 @@ def add_serving_commands(
     client.add_argument("--top-k", type=int, help="sample among the k most likely tokens (0: all)")
     client.add_argument("--min-p", type=float, help="drop tokens below min-p x the top probability")
     client.add_argument("--seed", type=int)
+    add_output_controls(client)
     client.add_argument("--block-length", type=int)
     client.add_argument("--threshold", type=float)
     client.add_argument("--json", action="store_true", help="print one JSON object at the end")
@@ -252,6 +253,11 @@ def run_client(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "block_length": args.block_length,
         "threshold": args.threshold,
+        "stop_words": args.stop,
+        "repetition_penalty": args.repetition_penalty,
+        "presence_penalty": args.presence_penalty,
+        "frequency_penalty": args.frequency_penalty,
+        "top_logprobs": args.logprobs,
     }
     show = None if args.json else (lambda piece: print(piece, end="", flush=True))
     with NLDClient(args.url) as client:
@@ -266,4 +272,5 @@ def run_client(args: argparse.Namespace) -> int:
             f"({result.tokens_per_forward:.3f} tokens/forward), nfe {result.nfe} ({result.finish_reason})",
             file=sys.stderr,
         )
+        print_logprobs(result.output_ids, result.logprobs, result.top_logprobs)
     return 0

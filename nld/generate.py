@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from tokenizers import Tokenizer
+
 from nld.errors import NLDError
 from nld.limits import check_prompt_ids, check_request
 from nld.modes import MODES, Decoding, Generation, GenerationParams, run_policy
@@ -24,17 +26,19 @@ def generate(
     prompt_ids: list[int],
     mode: str,
     params: GenerationParams | None = None,
-    on_tokens: Callable[[list[int]], None] | None = None,
+    on_tokens: Callable[[list[int], str], None] | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> Generation:
-    """Decode `prompt_ids` with `mode` (ar | diffusion | linear-spec | quadratic-spec); `on_tokens` hears
-    the ids that became final after each step."""
+    """Decode `prompt_ids` with `mode` (ar | diffusion | linear-spec | quadratic-spec); `on_tokens(ids,
+    text)` hears the ids that became final after each step and their text. With the model's
+    `tokenizer` the result has its text, and stop strings work."""
     if mode not in MODES:
         raise ValueError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")
     params = params or GenerationParams()
     check_prompt_ids(backend.config, prompt_ids)
     check_request(backend.config, mode, len(prompt_ids), params)
     cache = backend.new_cache(cache_capacity(len(prompt_ids), mode, params, backend.config.block_size))
-    decoding = Decoding(backend.config, prompt_ids, params, cache, mode, backend.has_adapter)
+    decoding = Decoding(backend.config, prompt_ids, params, cache, mode, backend.has_adapter, tokenizer)
     return run_policy(backend, decoding, MODES[mode], on_tokens)
 
 

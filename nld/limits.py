@@ -25,6 +25,10 @@ GREEDY_BELOW = 1e-5  # temperatures in (0, GREEDY_BELOW) decode greedily: logits
 MAX_NEW_TOKENS = 2**31 - 1  # the field's own bound; the model's context bounds it further
 MAX_SEED = 2**64 - 1
 # A step's cost grows with its width: B tokens for diffusion and linear-spec, B*(B+1) for quadratic-spec.
+MAX_REPETITION_PENALTY = 10.0
+MAX_TOP_LOGPROBS = 20  # OpenAI's and vLLM's default cap on top_logprobs
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
 BLOCK_LENGTH_CAP = {"diffusion": 128, "linear-spec": 128, "quadratic-spec": 32}
 
 
@@ -73,6 +77,10 @@ BOUNDS: dict[str, Bound] = {
     "top_k": Bound(0, 2**31 - 1, integer=True),  # 0: off
     "min_p": Bound(0.0, 1.0),  # 0: off
     "seed": Bound(0, MAX_SEED, integer=True),
+    "repetition_penalty": Bound(0.0, MAX_REPETITION_PENALTY, low_open=True),  # 1: off
+    "presence_penalty": Bound(-2.0, 2.0),  # 0: off (OpenAI's range)
+    "frequency_penalty": Bound(-2.0, 2.0),  # 0: off
+    "logprobs": Bound(0, MAX_TOP_LOGPROBS, integer=True),  # None: off; n: the chosen id's and the top n
 }
 EOS_ID = Bound(0, 2**31 - 1, integer=True)
 MAX_EOS_IDS = 256  # stop token ids a request may give
@@ -87,10 +95,13 @@ def check_value(field: str, value: object) -> None:
         raise ParameterError(field, problem)
 
 
-def check_fields(values: dict[str, object], eos_token_ids: Iterable[object] | None) -> None:
+def check_fields(
+    values: dict[str, object], eos_token_ids: Iterable[object] | None, stop: Iterable[object] = ()
+) -> None:
     """The model-free bounds of a request's parameters, {BOUNDS key: value} (GenerationParams calls this)."""
     for field, value in values.items():
         check_value(field, value)
+    check_stop_strings(stop)
     eos_token_ids = list(eos_token_ids or ())
     if len(eos_token_ids) > MAX_EOS_IDS:
         raise ParameterError("eos_token_ids", f"{len(eos_token_ids)} ids exceed {MAX_EOS_IDS}")
@@ -98,6 +109,20 @@ def check_fields(values: dict[str, object], eos_token_ids: Iterable[object] | No
         problem = EOS_ID.problem(token)
         if problem:
             raise ParameterError("eos_token_ids", problem)
+
+
+def check_stop_strings(stop: Iterable[object]) -> None:
+    """At most MAX_STOP_STRINGS non-empty strings of at most MAX_STOP_CHARS characters each."""
+    if isinstance(stop, str):
+        raise ParameterError("stop", "must be a list of strings, got one string")
+    stop = list(stop)
+    if len(stop) > MAX_STOP_STRINGS:
+        raise ParameterError("stop", f"{len(stop)} stop strings exceed {MAX_STOP_STRINGS}")
+    for text in stop:
+        if not isinstance(text, str) or not text:
+            raise ParameterError("stop", f"stop strings must be non-empty strings, got {text!r}")
+        if len(text) > MAX_STOP_CHARS:
+            raise ParameterError("stop", f"a stop string of {len(text)} characters exceeds {MAX_STOP_CHARS}")
 
 
 def max_block_length(config: NLDConfig, mode: str) -> int:

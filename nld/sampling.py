@@ -96,3 +96,40 @@ def select_tokens(logits: torch.Tensor, sampler: Sampler) -> tuple[torch.Tensor,
         ids = torch.multinomial(tempered, 1, generator=gen).squeeze(-1).to(logits.device)
     confidence = probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     return ids, confidence
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One emitted token's log-probability and the `top` most likely ids at its position [(id, logprob)]."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass
+class RowLogprobs:
+    """Per wanted row of a step: the selected id's log-probability and the top-n ids with theirs."""
+
+    chosen: torch.Tensor  # [N] float32
+    top_ids: torch.Tensor  # [N, n] int64
+    top_values: torch.Tensor  # [N, n] float32
+
+    def entry(self, row: int) -> TokenLogprob:
+        ids, values = self.top_ids[row].tolist(), self.top_values[row].tolist()
+        return TokenLogprob(float(self.chosen[row]), tuple(zip(ids, values, strict=True)))
+
+    def cpu(self) -> RowLogprobs:
+        return RowLogprobs(self.chosen.cpu(), self.top_ids.cpu(), self.top_values.cpu())
+
+
+def row_logprobs(logits: torch.Tensor, ids: torch.Tensor, banned_ids: tuple[int, ...], top: int) -> RowLogprobs:
+    """Log-probabilities under the model's own distribution (temperature 1, before penalties and
+    filters; the banned ids excluded, as for the confidence) of `ids` [N] and of each row's `top` ids."""
+    logits = logits.float()
+    if banned_ids:
+        logits = logits.clone()
+        logits[:, list(banned_ids)] = float("-inf")
+    logprobs = torch.log_softmax(logits, dim=-1)
+    chosen = logprobs.gather(-1, ids.to(logprobs.device).unsqueeze(-1)).squeeze(-1)
+    values, top_ids = logprobs.topk(min(top, logprobs.shape[-1]), dim=-1)
+    return RowLogprobs(chosen, top_ids, values)

@@ -5,7 +5,9 @@ position; `visibility[i, j]` says whether new token i attends to new token j (ev
 attends to its sequence's whole committed cache). Causal attention is a lower-triangular visibility,
 a bidirectional block an all-true one, quadratic self-speculation a mix. The step may append the new
 tokens' K/V to the cache. It returns, per new token, the selected id and its confidence (and the
-logits only when asked), so a backend never has to ship full-vocabulary logits to the host.
+logits only when asked), so a backend never has to ship full-vocabulary logits to the host. A step may
+carry its rows' penalty context (applied to the logits before selection) and ask for log-probabilities
+of the selected ids (with the top n).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 
 from nld.config import NLDConfig
 from nld.kv_cache import KVCache
-from nld.sampling import Sampler
+from nld.penalties import PenaltyContext
+from nld.sampling import RowLogprobs, Sampler
 
 
 @dataclass
@@ -33,6 +36,8 @@ class StepRequest:
     adapter: bool = False
     return_logits: bool = False
     rows: torch.Tensor | None = None  # indices of the new tokens whose outputs are wanted (None: all)
+    penalties: PenaltyContext | None = None  # applied to the wanted rows' logits before selection
+    logprobs: int | None = None  # None: none; n: the selected ids' log-probabilities and the top n
 
     def __post_init__(self) -> None:
         steps = self.token_ids.shape[0]
@@ -45,11 +50,13 @@ class StepRequest:
 
 @dataclass
 class StepResult:
-    """Per wanted row (`StepRequest.rows`, default all): selected id, its confidence, logits if requested."""
+    """Per wanted row (`StepRequest.rows`, default all): selected id, its confidence, logits and
+    log-probabilities if requested."""
 
     token_ids: torch.Tensor
     confidence: torch.Tensor
     logits: torch.Tensor | None = None
+    logprobs: RowLogprobs | None = None
 
 
 class PartialStepError(Exception):

@@ -30,8 +30,12 @@ def main() -> int:
     args = parser.parse_args()
     model = args.model or default_model_dir()
     backend = load_backend(str(model))
-    rows = measure(backend, worst_cases(backend.config.max_position_embeddings), args.repeats,
-                   progress=lambda line: print(line, file=sys.stderr))
+    rows = measure(
+        backend,
+        worst_cases(backend.config.max_position_embeddings),
+        args.repeats,
+        progress=lambda line: print(line, file=sys.stderr),
+    )
     print(markdown(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {

@@ -7,7 +7,8 @@ import torch
 
 from nld.config import NLDConfig
 from nld.kv_cache import KV, KVCache
-from nld.sampling import select_tokens
+from nld.penalties import apply_penalties
+from nld.sampling import row_logprobs, select_tokens
 from nld.step import PartialStepError, StepRequest, StepResult, additive_bias
 
 
@@ -97,8 +98,12 @@ class PaddedBatchBackend:
         own = outputs[row, :count]  # rows index the request's own tokens, not the padded batch
         wanted = own if request.rows is None else own[request.rows.to(own.device)]
         logits = self._to_logits(wanted)
-        ids, confidence = select_tokens(logits, request.sampler)
+        scored = logits if request.penalties is None else apply_penalties(logits, request.penalties)
+        ids, confidence = select_tokens(scored, request.sampler)
+        logprobs = None
+        if request.logprobs is not None:
+            logprobs = row_logprobs(logits, ids, request.sampler.banned_ids, request.logprobs).cpu()
         if request.write_cache:
             request.cache.append([(k[row, :, :count], v[row, :, :count]) for k, v in presents])
         # Results live on the host: policies are device-agnostic and read a few ids per token.
-        return StepResult(ids.cpu(), confidence.cpu(), logits.cpu() if request.return_logits else None)
+        return StepResult(ids.cpu(), confidence.cpu(), logits.cpu() if request.return_logits else None, logprobs)

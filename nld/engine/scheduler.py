@@ -25,11 +25,14 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tokenizers import Tokenizer
+
 from nld.engine.kv_pool import KVLease, KVPool, PoolExhaustedError
 from nld.generate import cache_capacity
 from nld.limits import ParameterError, check_prompt_ids, check_request
 from nld.modes import MODES, Decoding, Generation, GenerationParams
 from nld.modes.base import Policy
+from nld.sampling import TokenLogprob
 from nld.step import PartialStepError, StepBackend, StepRequest, StepResult
 
 LOG = logging.getLogger("nld.engine")
@@ -58,13 +61,16 @@ class EngineSettings:
 
 @dataclass
 class Update:
-    """What a listener hears: tokens that became final since the last update, and the end."""
+    """What a listener hears: tokens that became final since the last update (their text, when the
+    engine has a tokenizer, and their log-probabilities, when asked for), and the end."""
 
     request_id: str
     new_ids: list[int]
     finished: bool = False
     generation: Generation | None = None
     error: str | None = None
+    text: str = ""
+    logprobs: list[TokenLogprob] | None = None
 
 
 Listener = Callable[[Update], None]
@@ -83,15 +89,20 @@ class _Running:
     policy: Policy | None = None
     pending: StepRequest | None = None
     sent: int = 0
+    sent_text: int = 0
     charged: float = 0.0  # seconds of forwards this request is charged with, on the engine's fairness clock
     started: float = field(default_factory=time.perf_counter)
 
 
 class Engine:
-    """Batched multi-mode generation over one step backend."""
+    """Batched multi-mode generation over one step backend. With the model's `tokenizer`, updates carry
+    the output's text and requests may have stop strings."""
 
-    def __init__(self, backend: StepBackend, settings: EngineSettings | None = None) -> None:
+    def __init__(
+        self, backend: StepBackend, settings: EngineSettings | None = None, tokenizer: Tokenizer | None = None
+    ) -> None:
         self.backend = backend
+        self.tokenizer = tokenizer
         self.settings = settings or EngineSettings()
         self.pool = KVPool(backend, self.settings.kv_blocks, self.settings.kv_block_tokens)
         self.metrics: Counter[str] = Counter()
@@ -119,6 +130,8 @@ class Engine:
             raise ParameterError("mode", f"unknown mode '{mode}': choose one of {', '.join([*MODES, AUTO])}")
         config = self.backend.config
         check_prompt_ids(config, prompt_ids)
+        if params.stop and self.tokenizer is None:
+            raise ParameterError("stop", "this model has no tokenizer, so stop strings cannot be matched")
         candidates = (SPECULATIVE_MODE, "ar") if mode == AUTO else (mode,)
         for name in candidates:
             check_request(config, name, len(prompt_ids), params)
@@ -222,7 +235,13 @@ class Engine:
             backend = self.backend
             try:
                 request.decoding = Decoding(
-                    backend.config, request.prompt_ids, request.params, lease.cache, request.mode, backend.has_adapter
+                    backend.config,
+                    request.prompt_ids,
+                    request.params,
+                    lease.cache,
+                    request.mode,
+                    backend.has_adapter,
+                    self.tokenizer,
                 )
             except ValueError as error:
                 self._finish(request, error=str(error))
@@ -248,14 +267,18 @@ class Engine:
         self._stream(request)
 
     def _stream(self, request: _Running, finished: bool = False, error: str | None = None) -> None:
-        new_ids = request.decoding.state.new_ids if request.decoding else []
+        state = request.decoding.state if request.decoding else None
+        new_ids = state.new_ids if state else []
         delta = new_ids[request.sent :]
-        request.sent = len(new_ids)
+        logprobs = state.logprobs[request.sent :] if state and state.logprobs is not None else None
+        text = state.text[request.sent_text :] if state else ""
+        request.sent, request.sent_text = len(new_ids), request.sent_text + len(text)
         self.metrics["tokens"] += len(delta)
-        if delta or finished:
-            generation = request.decoding.state if request.decoding and finished else None
+        if delta or text or finished:
+            generation = state if finished else None
+            update = Update(request.request_id, delta, finished, generation, error, text, logprobs)
             try:
-                request.listener(Update(request.request_id, delta, finished, generation, error))
+                request.listener(update)
             except Exception:  # a listener's failure (a closed stream) must not stop the engine
                 LOG.exception("listener of request %s failed", request.request_id)
 

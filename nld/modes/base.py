@@ -8,16 +8,19 @@ policy runs on every backend and a scheduler can interleave the steps of many po
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 
 import torch
+from tokenizers import Tokenizer
 
 from nld.config import NLDConfig
 from nld.kv_cache import KVCache
-from nld.limits import BOUNDS, check_fields, check_prompt_ids
-from nld.sampling import Sampler, seeded_generator
+from nld.limits import BOUNDS, ParameterError, check_fields, check_prompt_ids
+from nld.penalties import Penalties, PenaltyContext, SeenTokens
+from nld.sampling import Sampler, TokenLogprob, seeded_generator
 from nld.step import StepBackend, StepRequest, StepResult, step_one
+from nld.text import OutputText
 
 Policy = Generator[StepRequest, StepResult, None]
 
@@ -26,7 +29,8 @@ Policy = Generator[StepRequest, StepResult, None]
 class GenerationParams:
     """Per-request decoding settings. `reference_semantics` restores the released code's behaviour
     exactly: the mask id may be emitted, and linear self-speculation keeps every token accepted in its
-    last cycle even past `max_new_tokens`."""
+    last cycle even past `max_new_tokens`. `stop` strings need a tokenizer (see `Decoding`);
+    `logprobs` n returns each emitted token's log-probability and the top n (docs/sampling.md)."""
 
     max_new_tokens: int = 128
     block_length: int | None = None
@@ -41,16 +45,28 @@ class GenerationParams:
     use_adapter: bool = True
     adapter_in_every_pass: bool = False
     reference_semantics: bool = False
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Every field within its bounds (nld.limits), or a ParameterError naming the field."""
-        check_fields({name: getattr(self, name) for name in BOUNDS}, self.eos_token_ids)
+        check_fields({name: getattr(self, name) for name in BOUNDS}, self.eos_token_ids, self.stop)
+        self.stop = tuple(self.stop)
+
+    @property
+    def penalties(self) -> Penalties:
+        return Penalties(self.repetition_penalty, self.presence_penalty, self.frequency_penalty)
 
 
 @dataclass
 class Generation:
     """The result of one request. `nfe` counts forwards as the released code does for the mode;
-    `forwards` counts the decode forwards behind `tokens_per_forward` (see docs/decoding.md)."""
+    `forwards` counts the decode forwards behind `tokens_per_forward` (see docs/decoding.md). `text` is
+    the output's text when decoding had a tokenizer (cut before a stop string); `logprobs`, one per
+    new id, when they were asked for."""
 
     mode: str
     prompt_ids: list[int]
@@ -60,6 +76,8 @@ class Generation:
     acceptance_lengths: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     seconds: float = 0.0
+    text: str = ""
+    logprobs: list[TokenLogprob] | None = None
 
     @property
     def tokens_per_forward(self) -> float:
@@ -73,7 +91,8 @@ class Generation:
 
 
 class Decoding:
-    """A policy's view of one request: settings, its KV cache, and helpers to build steps and emit."""
+    """A policy's view of one request: settings, its KV cache, and helpers to build steps and emit.
+    With a `tokenizer` it also keeps the output's text, which stop strings need."""
 
     def __init__(
         self,
@@ -83,8 +102,11 @@ class Decoding:
         cache: KVCache,
         mode: str,
         has_adapter: bool,
+        tokenizer: Tokenizer | None = None,
     ) -> None:
         check_prompt_ids(config, prompt_ids)
+        if params.stop and tokenizer is None:
+            raise ParameterError("stop", "stop strings need the model's tokenizer (use stop token ids)")
         self.config = config
         self.params = params
         self.cache = cache
@@ -95,10 +117,15 @@ class Decoding:
         self.sampler = Sampler(params.temperature, params.top_p, banned, generator, params.top_k, params.min_p)
         self.has_adapter = has_adapter
         self.state = Generation(mode=mode, prompt_ids=list(prompt_ids))
+        if params.logprobs is not None:
+            self.state.logprobs = []
+        self.penalties = params.penalties if params.penalties.active else None
+        self.text = OutputText(tokenizer, params.stop) if tokenizer is not None else None
+        self._prompt = torch.tensor(self.state.prompt_ids, dtype=torch.long)
 
     @property
     def prompt(self) -> torch.Tensor:
-        return torch.tensor(self.state.prompt_ids, dtype=torch.long)
+        return self._prompt
 
     def block_length(self, default: int | None = None) -> int:
         return self.params.block_length or default or self.config.block_size
@@ -118,9 +145,15 @@ class Decoding:
         positions: torch.Tensor | None = None,
         rows: torch.Tensor | None = None,
         sampler: Sampler | None = None,
+        seen: SeenTokens | None = None,
     ) -> StepRequest:
-        """A step over `token_ids` placed after the cache. `draft` marks passes where the adapter applies."""
+        """A step over `token_ids` placed after the cache. `draft` marks passes where the adapter applies;
+        `seen`: tokens beyond the emitted output that the wanted rows follow (for the penalties)."""
         adapter = self.has_adapter and self.params.use_adapter and (draft or self.params.adapter_in_every_pass)
+        penalties = None
+        if self.penalties is not None:
+            output = torch.tensor(self.state.new_ids, dtype=torch.long)
+            penalties = PenaltyContext(self.penalties, self._prompt, output, seen)
         return StepRequest(
             cache=self.cache,
             token_ids=token_ids,
@@ -130,34 +163,61 @@ class Decoding:
             write_cache=write_cache,
             adapter=adapter,
             rows=rows,
+            penalties=penalties,
+            logprobs=self.params.logprobs,
         )
 
     def is_eos(self, token: int) -> bool:
         return token in self.eos_ids
 
-    def emit(self, tokens: list[int]) -> bool:
-        """Record final tokens; stop after the first EOS or at max_new_tokens. Returns True when done."""
-        new = self.state.new_ids
-        for offset, token in enumerate(tokens):
-            if self.is_eos(token):
-                new.extend(tokens[: offset + 1])
-                self.state.finish_reason = "stop"
-                return True
-        new.extend(tokens)
-        limit = self.params.max_new_tokens
-        if len(new) >= limit:
-            if not self.params.reference_semantics:
-                del new[limit:]
-            self.state.finish_reason = "length"
-            return True
-        return False
+    def emit(self, tokens: list[int], logprobs: list[TokenLogprob] | None = None) -> bool:
+        """Record final tokens (and their log-probabilities); stop after the first EOS, at a stop
+        string, or at max_new_tokens. Returns True when done."""
+        keep, reason = self._kept(tokens)
+        kept = tokens[:keep]
+        state = self.state
+        if self.text is not None:
+            piece, stop_at = self.text.push(kept)
+            if stop_at is not None:
+                kept, reason = kept[: stop_at + 1], "stop"
+            state.text += piece
+        state.new_ids.extend(kept)
+        if state.logprobs is not None and logprobs is not None:
+            state.logprobs.extend(logprobs[: len(kept)])
+        if reason is None:
+            return False
+        state.finish_reason = reason
+        if self.text is not None:
+            state.text += self.text.finish()
+        return True
 
-    def emit_verified(self, tokens: list[int]) -> bool:
+    def _kept(self, tokens: list[int]) -> tuple[int, str | None]:
+        """How many of `tokens` to keep, and why the output ends with them (None: it goes on)."""
+        eos = next((offset for offset, token in enumerate(tokens) if self.is_eos(token)), None)
+        room = self.params.max_new_tokens - len(self.state.new_ids)
+        if self.params.reference_semantics:  # the released code: EOS ends it anywhere; keep all accepted
+            if eos is not None:
+                return eos + 1, "stop"
+            return len(tokens), "length" if len(tokens) >= room else None
+        if eos is not None and eos < room:
+            return eos + 1, "stop"
+        if len(tokens) >= room:
+            return room, "length"
+        return len(tokens), None
+
+    @staticmethod
+    def logprobs_of(result: StepResult, rows: Iterable[int]) -> list[TokenLogprob] | None:
+        """The log-probability entries of `rows` of a step's result (None when none were asked for)."""
+        if result.logprobs is None:
+            return None
+        return [result.logprobs.entry(row) for row in rows]
+
+    def emit_verified(self, tokens: list[int], logprobs: list[TokenLogprob] | None = None) -> bool:
         """`emit` for the tokens one verify accepted, recording its acceptance length: the tokens it
         emitted (fewer when EOS or max_new_tokens cut it; with reference semantics, all it accepted, as
         the released code counts them)."""
         before = len(self.state.new_ids)
-        done = self.emit(tokens)
+        done = self.emit(tokens, logprobs)
         emitted = len(self.state.new_ids) - before
         self.state.acceptance_lengths.append(len(tokens) if self.params.reference_semantics else emitted)
         return done
@@ -170,20 +230,20 @@ def run_policy(
     backend: StepBackend,
     decoding: Decoding,
     policy: PolicyFactory,
-    on_tokens: Callable[[list[int]], None] | None = None,
+    on_tokens: Callable[[list[int], str], None] | None = None,
 ) -> Generation:
-    """Drive one policy to completion on `backend`, one step at a time; `on_tokens` hears the ids that
-    became final after each step (as the engine streams them)."""
+    """Drive one policy to completion on `backend`, one step at a time; `on_tokens(ids, text)` hears the
+    ids that became final after each step and their final text (as the engine streams them)."""
     started = time.perf_counter()
     steps = policy(decoding)
-    sent = 0
+    sent_ids = sent_text = 0
 
     def report() -> None:
-        nonlocal sent
-        new_ids = decoding.state.new_ids
-        if on_tokens is not None and len(new_ids) > sent:
-            on_tokens(list(new_ids[sent:]))
-            sent = len(new_ids)
+        nonlocal sent_ids, sent_text
+        state = decoding.state
+        if on_tokens is not None and (len(state.new_ids) > sent_ids or len(state.text) > sent_text):
+            on_tokens(list(state.new_ids[sent_ids:]), state.text[sent_text:])
+            sent_ids, sent_text = len(state.new_ids), len(state.text)
 
     try:
         request = next(steps)

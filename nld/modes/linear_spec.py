@@ -7,6 +7,7 @@ import torch
 from nld.kernels import ops as kernels
 from nld.modes.ar import prefill
 from nld.modes.base import Decoding, Policy
+from nld.penalties import SeenTokens
 from nld.step import bidirectional, causal
 
 
@@ -22,10 +23,11 @@ def linear_spec_policy(decoding: Decoding) -> Policy:
     params = decoding.params
     length = decoding.block_length()
     threshold = params.threshold or 0.0
-    seed = yield from prefill(decoding)
+    seed, logprobs = yield from prefill(decoding)
     decoding.state.nfe = 1
-    if decoding.emit([seed]):
+    if decoding.emit([seed], logprobs):
         return
+    verify_counts = torch.arange(length)  # verify row i follows the output (ending in the seed) and block[1..i]
     while True:
         start = decoding.cache.length
         block = torch.full((length,), decoding.mask_id, dtype=torch.long)
@@ -34,7 +36,9 @@ def linear_spec_policy(decoding: Decoding) -> Policy:
             is_mask = block == decoding.mask_id
             if not is_mask.any():
                 break
-            result = yield decoding.request(block, bidirectional(length), write_cache=False, draft=True)
+            drafted = block[1:][block[1:] != decoding.mask_id]  # seen by every draft row (for the penalties)
+            seen = SeenTokens.shared(drafted, length)
+            result = yield decoding.request(block, bidirectional(length), write_cache=False, draft=True, seen=seen)
             decoding.state.nfe += 1
             decoding.state.forwards += 1
             if threshold <= 0:
@@ -46,12 +50,13 @@ def linear_spec_policy(decoding: Decoding) -> Policy:
                 fill = torch.zeros_like(is_mask)
                 fill[confidence.argmax()] = True
             block = torch.where(fill, result.token_ids, block)
-        result = yield decoding.request(block, causal(length), write_cache=True)
+        seen = SeenTokens(block[1:], verify_counts)
+        result = yield decoding.request(block, causal(length), write_cache=True, seen=seen)
         decoding.state.nfe += 1
         decoding.state.forwards += 1
         accepted = accepted_length(result.token_ids, block)
         verified = result.token_ids.tolist()
         decoding.cache.crop(start + accepted)
         seed = verified[accepted - 1]
-        if decoding.emit_verified(verified[:accepted]):
+        if decoding.emit_verified(verified[:accepted], decoding.logprobs_of(result, range(accepted))):
             return

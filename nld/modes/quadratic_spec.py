@@ -11,6 +11,7 @@ import torch
 
 from nld.modes.base import Decoding, Policy
 from nld.modes.linear_spec import accepted_length
+from nld.penalties import SeenTokens
 from nld.step import bidirectional, causal
 
 DEFAULT_BLOCK = 16  # capped at the checkpoint's block_size
@@ -60,20 +61,29 @@ def quadratic_spec_policy(decoding: Decoding) -> Policy:
     decoding.cache.crop(length)
     # Row 0 of `first` is the AR token after the prompt; rows 2.. are the masks at positions L+1 ..
     draft = torch.cat((first.token_ids[:1], first.token_ids[2:]))
+    head_logprobs = decoding.logprobs_of(first, [0])  # of draft[0], the one draft token already verified
     visibility, offsets = cycle_layout(block)
     row = block + 1
+    chain_counts = torch.arange(1, block + 1).repeat_interleave(row)  # row i's tokens follow d_0 .. d_i
     while True:
         committed = decoding.cache.length
         tokens = torch.full((block, row), decoding.mask_id, dtype=torch.long)
         tokens[:, 0] = draft
-        result = yield decoding.request(tokens.flatten(), visibility, write_cache=True, positions=committed + offsets)
+        positions = committed + offsets
+        seen = SeenTokens(draft, chain_counts)
+        result = yield decoding.request(tokens.flatten(), visibility, write_cache=True, positions=positions, seen=seen)
         decoding.state.nfe += 1
         decoding.state.forwards += 1
         predicted = result.token_ids.view(block, row)
         accepted = accepted_length(predicted[:, 0], draft)  # d_k stands while the AR token after d_(k-1) is d_k
         decoding.cache.keep(committed, [i * row for i in range(accepted)])
         emitted = draft[:accepted].tolist()
+        # d_k (k >= 1) was verified by row k-1's AR token; d_0 by the previous forward.
+        logprobs = decoding.logprobs_of(result, [k * row for k in range(accepted - 1)])
+        if logprobs is not None and head_logprobs is not None:
+            logprobs = head_logprobs + logprobs
+        head_logprobs = decoding.logprobs_of(result, [(accepted - 1) * row])
         # The next draft: row accepted-1's AR token, then its diffusion guesses for the tokens after it.
         draft = torch.cat((predicted[accepted - 1, :1], predicted[accepted - 1, 2:]))
-        if decoding.emit_verified(emitted):
+        if decoding.emit_verified(emitted, logprobs):
             return

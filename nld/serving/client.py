@@ -36,6 +36,18 @@ class ClientResult:
     forwards: int | None = None
     acceptance_lengths: list[int] = field(default_factory=list)
     mode: str | None = None  # the mode that ran (what `auto` chose)
+    logprobs: list[float] = field(default_factory=list)  # per output id, when asked for
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # per output id: (id, logprob)
+
+    def add_logprobs(self, response: Any) -> None:
+        """Append the log-probabilities a response carries (none unless the request asked for them)."""
+        chosen = response.as_numpy("output_log_probs")
+        if chosen is None:
+            return
+        self.logprobs += chosen.reshape(-1).tolist()
+        ids, values = response.as_numpy("output_top_logprob_ids"), response.as_numpy("output_top_logprobs")
+        for id_row, value_row in zip(ids.tolist(), values.tolist(), strict=True):
+            self.top_logprobs.append(list(zip(id_row, value_row, strict=True)))
 
 
 def build_inputs(values: dict[str, Any]) -> list[Any]:
@@ -50,8 +62,9 @@ def build_inputs(values: dict[str, Any]) -> list[Any]:
         if name not in INPUTS:
             raise NLDError(f"unknown request input '{name}'; known: {', '.join(INPUTS)}")
         numpy_type = NUMPY_TYPES[INPUTS[name].triton_type]
-        if INPUTS[name].dims != "1":  # a list (input_ids): shape [1, N]
-            data = np.array([list(value)], dtype=numpy_type)
+        if INPUTS[name].dims != "1":  # a list (input_ids, stop_words): shape [1, N]
+            items = [item.encode("utf-8") if isinstance(item, str) else item for item in value]
+            data = np.array([items], dtype=numpy_type)
         else:
             data = np.array([[value.encode("utf-8") if isinstance(value, str) else value]], dtype=numpy_type)
         tensor = grpcclient.InferInput(name, list(data.shape), np_to_triton_dtype(data.dtype))
@@ -137,6 +150,7 @@ class NLDClient:
                     result.text += text_piece
                     new_ids = [] if ids is None else ids.reshape(-1).tolist()
                     result.output_ids += new_ids
+                    result.add_logprobs(response)
                     if on_piece is not None:
                         on_piece(text_piece)
                     if on_ids is not None:

@@ -4,8 +4,10 @@ One process serves one model on one batching `Engine`, registered for Dynamo's O
 token-in/token-out Completions + Chat model under one name per decoding mode (`served_names`: `<name>`
 for the default mode, `<name>:ar`, ...), each on its own endpoint `<namespace>.<component>.generate[_mode]`.
 The frontend renders the chat template, tokenizes and detokenizes; the worker streams the token ids
-that became final. Run: `python -m nld.serving.dynamo_worker [--model DIR] [--backend torch] ...` with
-the same `DYN_FILE_KV` folder as `python -m dynamo.frontend --discovery-backend file --request-plane tcp
+that became final (with their log-probabilities when asked). Stop strings are matched by the frontend
+and by the engine, so a request's compute ends at the token that completes one.
+Run: `python -m nld.serving.dynamo_worker [--model DIR] [--backend torch] ...` with the same
+`DYN_FILE_KV` folder as `python -m dynamo.frontend --discovery-backend file --request-plane tcp
 --event-plane zmq` (`nld serve-openai` starts both). Fields the OpenAI API lacks come as
 `nvext.annotations` strings `key=value` (`block_length=32`, `threshold=0.9`). Bad parameters become
 Dynamo's `InvalidArgument` (HTTP 400) naming the OpenAI field (`max_tokens` for our `max_new_tokens`).
@@ -28,6 +30,7 @@ from nld.engine import Engine, EngineSettings, Update
 from nld.generate import load_backend
 from nld.limits import ParameterError
 from nld.modes import GenerationParams
+from nld.sampling import TokenLogprob
 from nld.serving.inputs import REQUEST_MODES
 from nld.serving.metrics import engine_samples, prometheus_text
 from nld.serving.served_names import default_served_name, endpoint_name, served_names
@@ -35,25 +38,25 @@ from nld.tokenizer import NLDTokenizer
 
 LOG = logging.getLogger("nld.dynamo")
 DEFAULT_MODE = "linear-spec"  # `nld generate`'s default
-OPENAI_NAMES = {"max_new_tokens": "max_tokens", "eos_token_ids": "stop_token_ids"}  # ours -> the OpenAI field
+OPENAI_NAMES = {  # ours -> the OpenAI field
+    "max_new_tokens": "max_tokens",
+    "eos_token_ids": "stop_token_ids",
+    "logprobs": "logprobs",
+}
 ANNOTATION_FIELDS: dict[str, Callable[[str], Any]] = {"block_length": int, "threshold": float}
 FINISH_REASONS = {"stop": "eos", "length": "length", "cancelled": "cancelled", "error": "error"}
-# Request fields the engine does not implement yet (issue 23): refused by name rather than ignored.
+# Request fields the engine does not implement: refused by name rather than ignored.
 # (section of Dynamo's request, field, OpenAI name); a field counts as set unless None/False/0 (n: 1).
 UNSUPPORTED = (
-    ("sampling_options", "presence_penalty", "presence_penalty"),
-    ("sampling_options", "frequency_penalty", "frequency_penalty"),
-    ("sampling_options", "repetition_penalty", "repetition_penalty"),
     ("sampling_options", "n", "n"),
     ("sampling_options", "best_of", "best_of"),
     ("sampling_options", "use_beam_search", "use_beam_search"),
     ("sampling_options", "guided_decoding", "response_format"),
-    ("output_options", "logprobs", "logprobs"),
-    ("output_options", "prompt_logprobs", "prompt_logprobs"),
+    ("output_options", "prompt_logprobs", "prompt_logprobs (echo)"),
     ("stop_conditions", "min_tokens", "min_tokens"),
     ("stop_conditions", "ignore_eos", "ignore_eos"),
 )
-NEUTRAL_VALUES = {"n": (1,), "best_of": (1,), "repetition_penalty": (1.0,)}
+NEUTRAL_VALUES = {"n": (1,), "best_of": (1,)}
 
 
 def special_affixes(tokenizer: NLDTokenizer) -> tuple[list[int], list[int]]:
@@ -99,6 +102,21 @@ def parse_annotations(annotations: list[str] | None) -> dict[str, Any]:
     return values
 
 
+def logprob_fields(logprobs: list[TokenLogprob], top: int) -> dict[str, Any]:
+    """Dynamo's chunk fields for some tokens' log-probabilities: `log_probs` (one per token) and, when
+    the request asked for alternatives, `top_logprobs` (exactly `top` ranked entries per token)."""
+    fields: dict[str, Any] = {"log_probs": [entry.logprob for entry in logprobs]}
+    if top:
+        fields["top_logprobs"] = [
+            [
+                {"rank": rank, "token_id": token, "logprob": value}
+                for rank, (token, value) in enumerate(entry.top[:top], start=1)
+            ]
+            for entry in logprobs
+        ]
+    return fields
+
+
 class NLDHandler:
     """Turns one Dynamo request into one engine submission in `mode` and streams its updates back."""
 
@@ -132,6 +150,11 @@ class NLDHandler:
             "max_new_tokens": stops.get("max_tokens"),
             "block_length": extra.get("block_length"),
             "threshold": extra.get("threshold"),
+            "repetition_penalty": sampling.get("repetition_penalty"),
+            "presence_penalty": sampling.get("presence_penalty"),
+            "frequency_penalty": sampling.get("frequency_penalty"),
+            "logprobs": (request.get("output_options") or {}).get("logprobs"),
+            "stop": tuple(stops.get("stop") or ()) or None,
         }
         stop_ids = stops.get("stop_token_ids")
         if stop_ids:  # besides the model's own EOS ids, as vLLM takes them
@@ -167,6 +190,8 @@ class NLDHandler:
                 raise RuntimeError(f"generation failed: {update.error}")
             produced += len(update.new_ids)
             chunk: dict[str, Any] = {"token_ids": update.new_ids}
+            if update.logprobs is not None and update.new_ids:
+                chunk.update(logprob_fields(update.logprobs, params.logprobs or 0))
             if update.finished:
                 reason = update.generation.finish_reason if update.generation else None
                 chunk["finish_reason"] = FINISH_REASONS.get(reason or "", "length")
@@ -194,7 +219,7 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.model}: no tokenizer.json; Dynamo's frontend tokenizes with it")
     template = chat_template_file(args.model)
     settings = EngineSettings(max_batch=args.max_batch, kv_blocks=args.kv_blocks, auto_threshold=args.auto_threshold)
-    engine = Engine(backend, settings)
+    engine = Engine(backend, settings, tokenizer.tokenizer)  # for stop strings
     engine.start()
     loop = asyncio.get_running_loop()
     runtime = DistributedRuntime(loop, args.discovery_backend, "tcp", event_plane="zmq")

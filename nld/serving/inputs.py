@@ -1,7 +1,8 @@
 """Triton request tensors -> a validated generation request.
 
 Names and types follow TensorRT-LLM's Triton conventions (`text_input` or `input_ids`, `max_tokens`,
-`stream`, `temperature`, `top_p`, `seed`, `end_id`), plus ours (`mode`, `block_length`, `threshold`).
+`stream`, `temperature`, `top_p`, `top_k`, `seed`, `end_id`, `stop_words`, the three penalties,
+`return_log_probs`), plus ours (`mode`, `block_length`, `threshold`, `min_p`, `top_logprobs`).
 The prompt is `text_input` (tokenized by the server), `input_ids` (token ids, used as given) or
 `messages` (a JSON chat rendered with the checkpoint's template): exactly one of them; every other
 input is optional. Errors name the offending input; the bounds of the generation
@@ -19,7 +20,7 @@ import numpy as np
 
 from nld.chat_template import check_messages
 from nld.engine.scheduler import AUTO
-from nld.limits import ParameterError
+from nld.limits import MAX_STOP_STRINGS, ParameterError
 from nld.modes import MODES, GenerationParams
 
 REQUEST_MODES = (*MODES, AUTO)
@@ -46,6 +47,11 @@ FIELD_TO_INPUT = {
     "top_k": "top_k",
     "min_p": "min_p",
     "seed": "seed",
+    "repetition_penalty": "repetition_penalty",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "stop": "stop_words",
+    "logprobs": "top_logprobs",
 }
 
 
@@ -64,7 +70,8 @@ class InputSpec:
     triton_type: str
     read: Callable[[np.ndarray], Any]
     check: Callable[[Any], str | None] = lambda value: None
-    dims: str = "1"  # "-1": a list (input_ids)
+    dims: str = "1"  # "-1": a list (input_ids, stop_words)
+    max_items: int | None = None  # a list's length cap, checked before it is read (None: the model's context)
 
 
 def _text(array: np.ndarray) -> str:
@@ -97,6 +104,10 @@ def _messages(array: np.ndarray) -> list[dict[str, Any]]:
     return check_messages(messages)
 
 
+def _texts(array: np.ndarray) -> list[str]:
+    return [_text(np.array([value])) for value in array.reshape(-1)]
+
+
 def _ids(array: np.ndarray) -> list[int]:
     if not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"must be integers, got {array.dtype}")
@@ -120,6 +131,12 @@ INPUTS: dict[str, InputSpec] = {
     ),
     "block_length": InputSpec("TYPE_INT32", _int),
     "threshold": InputSpec("TYPE_FP32", _float),
+    "stop_words": InputSpec("TYPE_STRING", _texts, dims="-1", max_items=MAX_STOP_STRINGS),
+    "repetition_penalty": InputSpec("TYPE_FP32", _float),
+    "presence_penalty": InputSpec("TYPE_FP32", _float),
+    "frequency_penalty": InputSpec("TYPE_FP32", _float),
+    "return_log_probs": InputSpec("TYPE_BOOL", _bool),  # the chosen tokens' log-probabilities
+    "top_logprobs": InputSpec("TYPE_INT32", _int),  # and the n most likely at each position (implies them)
 }
 REQUIRED: tuple[str, ...] = ()  # the prompt is one of PROMPT_INPUTS, checked by parse_inputs
 PROMPT_INPUTS = ("text_input", "input_ids", "messages")
@@ -139,6 +156,13 @@ class ServeRequest:
 def _byte_length(array: np.ndarray) -> int:
     value = array.reshape(-1)[0]
     return len(value) if isinstance(value, bytes) else len(str(value).encode("utf-8"))
+
+
+def requested_logprobs(values: dict[str, Any]) -> int | None:
+    """GenerationParams.logprobs from `return_log_probs` and `top_logprobs` (None: no log-probabilities)."""
+    if "top_logprobs" in values:
+        return values["top_logprobs"]
+    return 0 if values.get("return_log_probs") else None
 
 
 def parse_inputs(
@@ -164,7 +188,9 @@ def parse_inputs(
             continue
         if spec.dims == "1" and array.size != 1:
             raise InputError(name, f"expected one value, got shape {tuple(array.shape)}")
-        if spec.dims != "1" and max_prompt_ids is not None and array.size > max_prompt_ids:
+        if spec.max_items is not None and array.size > spec.max_items:
+            raise InputError(name, f"{array.size} values exceed {spec.max_items}")
+        if spec.dims != "1" and spec.max_items is None and max_prompt_ids is not None and array.size > max_prompt_ids:
             raise InputError(name, f"{array.size} ids exceed the model's context of {max_prompt_ids} tokens")
         if (
             name in ("text_input", "messages")
@@ -195,6 +221,11 @@ def parse_inputs(
             min_p=values.get("min_p", 0.0),
             seed=values.get("seed"),
             eos_token_ids=(values["end_id"],) if "end_id" in values else None,
+            repetition_penalty=values.get("repetition_penalty", 1.0),
+            presence_penalty=values.get("presence_penalty", 0.0),
+            frequency_penalty=values.get("frequency_penalty", 0.0),
+            logprobs=requested_logprobs(values),
+            stop=tuple(values.get("stop_words", ())),
         )
     except ParameterError as error:
         raise input_error(error) from None

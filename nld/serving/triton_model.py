@@ -18,7 +18,7 @@ from nld.engine import Engine, EngineSettings, Update
 from nld.errors import ConfigError
 from nld.generate import load_backend
 from nld.limits import ParameterError, max_prompt_bytes
-from nld.serving.detokenize import IncrementalText, NoText
+from nld.sampling import TokenLogprob
 from nld.serving.inputs import INPUTS, PROMPT_INPUTS, InputError, ServeRequest, input_error, parse_inputs
 from nld.serving.metrics import METRICS, MODE_LABEL, engine_samples
 from nld.tokenizer import NLDTokenizer
@@ -26,6 +26,19 @@ from nld.tokenizer import NLDTokenizer
 
 def _parameters(model_config: dict) -> dict[str, str]:
     return {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
+
+
+def logprob_tensors(pb: Any, logprobs: list[TokenLogprob]) -> list[Any]:
+    """output_log_probs [T], output_top_logprob_ids and output_top_logprobs [T, n] of some tokens."""
+    width = len(logprobs[0].top) if logprobs else 0
+    top = [entry.top for entry in logprobs]
+    ids = np.array([[token for token, _ in row] for row in top], dtype=np.int32).reshape(len(top), width)
+    values = np.array([[value for _, value in row] for row in top], dtype=np.float32).reshape(len(top), width)
+    return [
+        pb.Tensor("output_log_probs", np.array([entry.logprob for entry in logprobs], dtype=np.float32)),
+        pb.Tensor("output_top_logprob_ids", ids),
+        pb.Tensor("output_top_logprobs", values),
+    ]
 
 
 class TritonPythonModel:
@@ -59,7 +72,7 @@ class TritonPythonModel:
         )
         self.default_mode = parameters["default_mode"]
         self.default_max_tokens = int(parameters["default_max_tokens"])
-        self.engine = Engine(backend, settings)
+        self.engine = Engine(backend, settings, self.tokenizer.tokenizer if self.tokenizer is not None else None)
         self.families = {
             name: pb_utils.MetricFamily(name=name, description=text, kind=getattr(pb_utils.MetricFamily, kind))
             for name, (kind, text) in METRICS.items()
@@ -93,11 +106,10 @@ class TritonPythonModel:
             )
             prompt_input = next(name for name in PROMPT_INPUTS if tensors.get(name) is not None)
             prompt_ids = self._prompt_ids(parsed, prompt_input)
-            text = IncrementalText(self.tokenizer.tokenizer) if self.tokenizer is not None else NoText()
-            pending: list[int] = []
+            pending = Update("", [], logprobs=[] if parsed.params.logprobs is not None else None)
 
             def listen(update: Update) -> None:
-                self._respond(sender, text, pending, parsed.stream, update)
+                self._respond(sender, pending, parsed.stream, update)
 
             self.engine.submit(prompt_ids, parsed.mode, parsed.params, listen, request.is_cancelled)
         except InputError as error:
@@ -121,21 +133,22 @@ class TritonPythonModel:
         assert parsed.text is not None
         return self.tokenizer.encode_prompt(parsed.text)
 
-    def _respond(
-        self, sender: Any, text: IncrementalText | NoText, pending: list[int], stream: bool, update: Update
-    ) -> None:
+    def _respond(self, sender: Any, pending: Update, stream: bool, update: Update) -> None:
+        """Send a streamed update as it comes; otherwise gather them in `pending` and send one at the end."""
         final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         if update.error is not None:
             sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(update.error)), flags=final)
             self._publish_metrics()
             return
         if stream and not update.finished:
-            sender.send(self._response(text.push(update.new_ids), update.new_ids))
+            sender.send(self._response(update.text, update.new_ids, update.logprobs))
             return
-        pending.extend(update.new_ids)
+        pending.new_ids.extend(update.new_ids)
+        pending.text += update.text
+        if pending.logprobs is not None and update.logprobs is not None:
+            pending.logprobs.extend(update.logprobs)
         if not update.finished:
             return
-        piece = text.push(pending) + text.flush()
         generation = update.generation
         stats = {}
         if generation is not None:
@@ -147,14 +160,18 @@ class TritonPythonModel:
                 "acceptance_lengths": generation.acceptance_lengths,
                 "decoded_mode": generation.mode,
             }
-        sender.send(self._response(piece, pending, stats), flags=final)
+        sender.send(self._response(pending.text, pending.new_ids, pending.logprobs, stats), flags=final)
         self._publish_metrics()
 
-    def _response(self, piece: str, ids: list[int], stats: dict | None = None) -> Any:
+    def _response(
+        self, piece: str, ids: list[int], logprobs: list[TokenLogprob] | None, stats: dict | None = None
+    ) -> Any:
         tensors = [
             self.pb.Tensor("text_output", np.array([piece.encode("utf-8")], dtype=np.object_)),
             self.pb.Tensor("output_ids", np.array(ids, dtype=np.int32)),
         ]
+        if logprobs is not None:
+            tensors += logprob_tensors(self.pb, logprobs)
         if stats:
             tensors += [
                 self.pb.Tensor("finish_reason", np.array([stats["finish_reason"].encode()], dtype=np.object_)),

@@ -122,7 +122,8 @@ def test_generate_reports_tokens_as_they_become_final() -> None:
     backend = load_backend(str(default_model_dir()))
     for mode in MODES:
         heard: list[list[int]] = []
-        result = generate(backend, [1, 482, 796, 11], mode, GenerationParams(max_new_tokens=24), heard.append)
+        params = GenerationParams(max_new_tokens=24)
+        result = generate(backend, [1, 482, 796, 11], mode, params, lambda ids, text, heard=heard: heard.append(ids))
         assert [token for ids in heard for token in ids] == result.new_ids, mode
         assert len(heard) > 2 and all(heard), mode  # streamed, not reported once at the end
 

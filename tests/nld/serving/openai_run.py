@@ -11,11 +11,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
+from nld.models import default_model_dir
 from nld.owners import OWNER_FILE, start_time
 from nld.serving.openai_server import WORKDIR_PREFIX
 from nld.serving.server import free_port
+from nld.tokenizer import NLDTokenizer
 
 HOST = "127.0.0.1"
 NAME = "nld-tiny"
@@ -141,3 +145,26 @@ class OpenAIRun:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.process.wait()
+
+
+def running(*options: str) -> Iterator[OpenAIRun]:
+    """A module fixture's body: `nld serve-openai OPTIONS`, ready, stopped with Ctrl-C afterwards."""
+    run = OpenAIRun(*options)
+    try:
+        yield run.wait_ready()
+    finally:
+        run.stop()
+
+
+def openai_client(run: OpenAIRun):  # type: ignore[no-untyped-def]
+    """The real openai client for `run` (no retries: a failure shows at once)."""
+    import openai
+
+    return openai.OpenAI(base_url=run.url, api_key="unused", max_retries=0, timeout=120)
+
+
+@cache
+def builtin_tokenizer() -> NLDTokenizer:
+    loaded = NLDTokenizer.from_dir(default_model_dir())
+    assert loaded is not None
+    return loaded

@@ -23,7 +23,16 @@ from tritonclient.utils import np_to_triton_dtype
 from nld.chat_template import check_messages
 from nld.config import NLDConfig
 from nld.generate import generate, load_backend
-from nld.limits import BLOCK_LENGTH_CAP, BOUNDS, EOS_ID, MAX_TEMPERATURE, max_block_length, max_prompt_bytes
+from nld.limits import (
+    BLOCK_LENGTH_CAP,
+    BOUNDS,
+    EOS_ID,
+    MAX_STOP_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_TEMPERATURE,
+    max_block_length,
+    max_prompt_bytes,
+)
 from nld.models import default_model_dir
 from nld.modes import GenerationParams
 from nld.serving.client import NUMPY_TYPES, build_inputs
@@ -90,6 +99,15 @@ POOLS: dict[str, tuple[list[Any], list[Any]]] = {
     "mode": (list(REQUEST_MODES), ["", "beam", "AR", " ar", "linear_spec", b"\xfe"]),
     "block_length": ([1, 2, 4, 8, 16], [32, 33, 64, 128, 129, 0, -1, 2**31 - 1, -(2**31)]),
     "threshold": ([0.0, 0.5, 0.9, 1.0], [1e-40, -1e-40, 1.0000001, -1.0, 2.0, INF, -INF, NAN, F32_MAX]),
+    "stop_words": (
+        [["\n"], ["return", ")"], ["xyz"], ["(", "é"]],
+        [[""], ["x" * 256], ["x" * 257], ["a"] * 16, ["a"] * 17, [b"\xff"], ["ok", b"\xc3"]],
+    ),
+    "repetition_penalty": ([1.0, 1.2, 2.0], [1e-40, 0.0, -1.0, 10.0, 10.0001, INF, NAN, F32_MAX]),
+    "presence_penalty": ([0.0, 0.5, -0.5], [2.0, -2.0, 2.0001, -2.5, INF, -INF, NAN]),
+    "frequency_penalty": ([0.0, 0.5, 1.5], [2.0, -2.0, 2.0001, -2.5, INF, NAN]),
+    "return_log_probs": ([True, False], []),
+    "top_logprobs": ([0, 1, 5], [20, 21, -1, 2**31 - 1, -(2**31)]),
 }
 WRONG_TYPES = {  # Triton type -> (numpy type, Triton datatype) pairs it must refuse
     "TYPE_INT32": [(np.int64, "INT64"), (np.float32, "FP32"), (np.uint32, "UINT32")],
@@ -180,6 +198,19 @@ def out_of_bounds(field_name: str, value: float) -> bool:
     return not (low_ok and value <= bound.high)
 
 
+def valid_stop_words(words: list[str | bytes]) -> bool:
+    if len(words) > MAX_STOP_STRINGS:
+        return False
+    for word in words:
+        try:
+            text = word.decode("utf-8") if isinstance(word, bytes) else word
+        except UnicodeDecodeError:
+            return False
+        if not text or len(text) > MAX_STOP_CHARS:
+            return False
+    return True
+
+
 def tensor_faults(case: Case) -> set[str]:
     """Inputs refused before any value is read: a tampered or unknown tensor (by tritonserver itself), a
     missing text_input (by tritonserver when nothing else is sent, else by the model)."""
@@ -228,9 +259,15 @@ def model_faults(case: Case, tokenizer: NLDTokenizer, config: NLDConfig) -> set[
     fits = prompt_length is None or prompt_length >= context or prompt_length + max_tokens <= context
     if out_of_bounds("max_new_tokens", max_tokens) or not fits:
         bad.add("max_tokens")
-    for name in ("temperature", "top_p", "threshold", "min_p"):
+    for name in ("temperature", "top_p", "threshold", "min_p", "repetition_penalty", "presence_penalty"):
         if name in values and out_of_bounds(name, f32(values[name])):
             bad.add(name)
+    if "frequency_penalty" in values and out_of_bounds("frequency_penalty", f32(values["frequency_penalty"])):
+        bad.add("frequency_penalty")
+    if "top_logprobs" in values and out_of_bounds("logprobs", values["top_logprobs"]):
+        bad.add("top_logprobs")
+    if "stop_words" in values and not valid_stop_words(values["stop_words"]):
+        bad.add("stop_words")
     if "top_k" in values and out_of_bounds("top_k", values["top_k"]):
         bad.add("top_k")
     if "end_id" in values and not (EOS_ID.low <= values["end_id"] < vocab):
@@ -311,7 +348,8 @@ def check_reply(case: Case, reply: Reply, faults: set[str], config: NLDConfig) -
         return f"output {ids} holds the mask id {config.mask_token_id}"
     if reply.finish_reason == "length" and len(ids) != max_tokens:
         return f"finish_reason length after {len(ids)} of {max_tokens} tokens"
-    if reply.finish_reason == "stop" and (not ids or ids[-1] not in stop_ids):
+    stopped_by_text = "stop_words" in case.values  # a stop string ends the output at any token
+    if reply.finish_reason == "stop" and not stopped_by_text and (not ids or ids[-1] not in stop_ids):
         return f"finish_reason stop without an end id {stop_ids} at the end of {ids}"
     if not case.values.get("stream", True) and reply.responses != 1:
         return f"stream=false gave {reply.responses} responses"

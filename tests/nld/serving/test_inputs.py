@@ -5,10 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nld.models import default_model_dir
-from nld.serving.detokenize import IncrementalText
 from nld.serving.inputs import InputError, parse_inputs
-from nld.tokenizer import NLDTokenizer
 
 
 def tensors(**values: object) -> dict[str, np.ndarray]:
@@ -68,37 +65,6 @@ def test_a_prompt_over_the_byte_cap_is_refused_before_decoding() -> None:
 def test_one_value_per_input() -> None:
     with pytest.raises(InputError, match="expected one value"):
         parse_inputs({"text_input": np.array([b"a", b"b"])}, "ar", 16)
-
-
-def test_incremental_text_adds_up_and_never_cuts_a_character() -> None:
-    tokenizer = NLDTokenizer.from_dir(default_model_dir())
-    assert tokenizer is not None
-    text = "def f(x):\n    return 'héllo → wörld' + x  # ✓\n"
-    ids = tokenizer.encode_prompt(text, chat=False)[1:]  # without BOS
-    stream = IncrementalText(tokenizer.tokenizer)
-    pieces = [stream.push([token]) for token in ids] + [stream.flush()]
-    assert "".join(pieces) == tokenizer.decode(ids) == text
-    assert all("\ufffd" not in piece for piece in pieces)
-    assert any(piece == "" for piece in pieces[:-1])  # a multi-byte character was held back at least once
-
-
-def test_incremental_text_equals_the_whole_decode_on_long_text() -> None:
-    tokenizer = NLDTokenizer.from_dir(default_model_dir())
-    assert tokenizer is not None
-    ids = tokenizer.encode_prompt("def loop():\n    return 'ü → ✓'\n" * 200, chat=False)[1:]
-    stream = IncrementalText(tokenizer.tokenizer)
-    text = "".join(stream.push(ids[i : i + 3]) for i in range(0, len(ids), 3)) + stream.flush()
-    assert text == tokenizer.decode(ids)
-
-
-def test_flush_gives_a_cut_character_as_replacement() -> None:
-    tokenizer = NLDTokenizer.from_dir(default_model_dir())
-    assert tokenizer is not None
-    ids = tokenizer.encode_prompt("→", chat=False)[1:]
-    assert len(ids) > 1  # byte fallback: one character, several ids
-    stream = IncrementalText(tokenizer.tokenizer)
-    assert stream.push(ids[:-1]) == ""
-    assert stream.flush() == tokenizer.decode(ids[:-1])
 
 
 def test_token_id_prompts() -> None:

@@ -23,8 +23,16 @@ from nld.models import default_model_dir
 from nld.modes import MODES, GenerationParams
 from nld.serving.client import read_metrics
 from nld.serving.served_names import served_names
-from nld.tokenizer import NLDTokenizer
-from tests.nld.serving.openai_run import HOST, NAME, OpenAIRun, listening_addresses, process_tree
+from tests.nld.serving.openai_run import (
+    HOST,
+    NAME,
+    OpenAIRun,
+    builtin_tokenizer,
+    listening_addresses,
+    openai_client,
+    process_tree,
+    running,
+)
 
 pytestmark = [
     pytest.mark.server,
@@ -49,25 +57,15 @@ MAX_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[OpenAIRun]:
-    run = OpenAIRun("--workers", "2")
-    try:
-        yield run.wait_ready()
-    finally:
-        run.stop()
+    yield from running("--workers", "2")
 
 
 @pytest.fixture(scope="module")
 def client(server: OpenAIRun):  # type: ignore[no-untyped-def]
-    import openai
-
-    return openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
+    return openai_client(server)
 
 
-@cache
-def tokenizer() -> NLDTokenizer:
-    loaded = NLDTokenizer.from_dir(default_model_dir())
-    assert loaded is not None
-    return loaded
+tokenizer = builtin_tokenizer
 
 
 @cache
@@ -190,8 +188,9 @@ def test_bad_requests_are_400_naming_the_field_and_workers_stay_healthy(client, 
         "block_length": {"max_tokens": 8, "extra_body": {"nvext": {"annotations": ["block_length=4096"]}}},
         "threshold": {"max_tokens": 8, "extra_body": {"nvext": {"annotations": ["threshold=high"]}}},
         "op_k": {"max_tokens": 8, "extra_body": {"top_k": -2}},  # Dynamo's own check: >= -1
-        "presence_penalty": {"max_tokens": 8, "presence_penalty": 0.5},
-        "logprobs": {"max_tokens": 8, "logprobs": 2},
+        "resence penalty": {"max_tokens": 8, "presence_penalty": 5.0},  # Dynamo's own check: [-2, 2]
+        "min_tokens": {"max_tokens": 8, "extra_body": {"min_tokens": 2}},
+        "prompt_logprobs": {"max_tokens": 8, "echo": True},
     }
     for field, options in bad.items():
         with pytest.raises(openai.BadRequestError, match=field):

@@ -50,6 +50,8 @@ def test_a_model_without_tokenizer_serves_token_ids(tokenizerless: ServerSetting
             client.generate("def f():", max_tokens=4)
         with pytest.raises(NLDError, match="input 'input_ids': prompt token ids must lie in"):
             client.generate(None, input_ids=[10**6], max_tokens=4)
+        with pytest.raises(NLDError, match="input 'stop_words': this model has no tokenizer"):
+            client.generate(None, input_ids=ids, max_tokens=4, stop_words=["x"])
 
 
 def test_client_command_takes_prompt_ids(tokenizerless: ServerSettings, capsys: pytest.CaptureFixture[str]) -> None:
