@@ -21,18 +21,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from nld.builder.export_child import export_graph
 from nld.builder.profiles import EngineProfile, trtexec_shape_flags
-from nld.builder.quantize_stage import COMPUTE_PRECISION, is_quantized
 from nld.builder.skus import Sku
 from nld.builder.stages import StageRecord
 from nld.builder.trt_engine import ENGINE_RUNTIMES, EngineRuntime, build_engine, runtime_module
 from nld.checkpoint import load_checkpoint
 from nld.errors import NLDError
-from nld.model import NLDTransformer
-from nld.onnx_export import export_step_onnx
-from nld.onnx_qdq import export_quantized_step_onnx
 
-ONNX_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 GRAPHS = {"step": False, "step_adapter": True}  # graph name -> draft adapter on
 Log = Callable[[str], None]
 
@@ -57,17 +53,13 @@ def check_engine_runtime(sku: Sku) -> None:
 def onnx_stage(model_dir: Path, precision: str, staging: Path, log: Log) -> tuple[StageRecord, dict[str, Path]]:
     """Export the step graphs in the build precision; returns the record and {graph name: path}."""
     began = time.perf_counter()
-    dtype = ONNX_DTYPE[COMPUTE_PRECISION[precision]]
-    checkpoint = load_checkpoint(model_dir, with_adapter=True)
-    graphs = {name: adapter for name, adapter in GRAPHS.items() if not adapter or checkpoint.adapter is not None}
+    has_adapter = load_checkpoint(model_dir, with_adapter=True).adapter is not None
+    graphs = {name: adapter for name, adapter in GRAPHS.items() if not adapter or has_adapter}
     paths = {}
     for name, adapter in tqdm(graphs.items(), desc="onnx export", unit="graph", file=sys.stderr, disable=None):
         log(f"exporting the {name} network to ONNX ({precision}) ...")
         path = staging / "onnx" / f"{name}.onnx"
-        if is_quantized(precision):  # Q/DQ from the quantized checkpoint's own tensors
-            paths[name] = export_quantized_step_onnx(model_dir, path, dtype, adapter=adapter)
-        else:
-            paths[name] = export_step_onnx(NLDTransformer.from_checkpoint(checkpoint, dtype), path, adapter=adapter)
+        paths[name] = export_graph(model_dir, precision, path, adapter)  # in a child: stops promptly
     artifacts = sorted(str(path.relative_to(staging)) for path in (staging / "onnx").iterdir())  # graphs + weights
     return StageRecord("onnx", True, artifacts, seconds=time.perf_counter() - began), paths
 

@@ -73,12 +73,12 @@ def test_build_log_shows_targets_and_fused_attention_in_every_layer(built: tuple
 
 
 def test_bad_onnx_fails_the_engine_stage_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_export(model: object, path: Path, adapter: bool = False) -> Path:
+    def broken_export(model_dir: Path, precision: str, path: Path, adapter: bool) -> Path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_bytes(b"this is not an ONNX protobuf")
         return Path(path)
 
-    monkeypatch.setattr(engine_stage, "export_step_onnx", broken_export)
+    monkeypatch.setattr(engine_stage, "export_graph", broken_export)
     request = BuildRequest(fixture_dir("tiny_b8"), "rtx-pro-6000", "fp16", tmp_path / "out")
     with pytest.raises(EngineBuildError, match=r"engine stage, ONNX parse of step\.onnx: no inputs or outputs"):
         build(request, log=lambda line: None)
