@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -124,6 +125,11 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: a position never decoded (reference semantics) reports null."""
+    return value if math.isfinite(value) else None
+
+
 def run_generate(args: argparse.Namespace) -> int:
     """`nld generate`: load, encode, decode, print."""
     model = _model_dir(args)
@@ -183,7 +189,7 @@ def run_generate(args: argparse.Namespace) -> int:
         record["text"] = result.text
     if result.logprobs is not None:
         record["logprobs"] = [
-            {"id": token, "logprob": entry.logprob, "top": [list(pair) for pair in entry.top]}
+            {"id": token, "logprob": finite_or_none(entry.logprob), "top": [list(pair) for pair in entry.top]}
             for token, entry in zip(result.new_ids, result.logprobs, strict=True)
         ]
     if args.json:

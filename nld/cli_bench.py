@@ -37,6 +37,7 @@ def add_bench_command(
     parser.add_argument(
         "--max-new-tokens", "--max-tokens", type=int, default=defaults.max_new_tokens, help="tokens per request"
     )
+    parser.add_argument("--block-length", type=int, help="block length of the non-AR modes (default: each mode's)")
     parser.add_argument("--warmup", type=int, default=defaults.warmup, help="unmeasured requests per point")
     parser.add_argument("--repeat", type=int, default=defaults.repeat, help="passes over the prompt set per point")
     parser.add_argument("--out", type=Path, default=Path("bench"), help="folder for the JSON, table and charts")
@@ -59,6 +60,7 @@ def add_bench_command(
             args.max_new_tokens,
             args.warmup,
             args.repeat,
+            args.block_length,
         )
         settings.check()
         prompts = load_prompts(args.prompts)

@@ -49,20 +49,50 @@ class SeenTokens:
 
 @dataclass(frozen=True)
 class PenaltyContext:
-    """One step's penalty inputs for one request: the values, its prompt, its output, what rows saw beyond."""
+    """One step's penalty inputs for one request: the values, which ids the prompt holds [V] bool, how
+    often each id occurs in the emitted output [V] float32, and what rows saw beyond the output."""
 
     penalties: Penalties
-    prompt_ids: torch.Tensor  # [P] int64
-    output_ids: torch.Tensor  # [O] int64
+    prompt_mask: torch.Tensor
+    output_counts: torch.Tensor
     seen: SeenTokens | None = None
+
+    @classmethod
+    def of(
+        cls,
+        penalties: Penalties,
+        prompt_ids: torch.Tensor,
+        output_ids: torch.Tensor,
+        vocab: int,
+        seen: SeenTokens | None = None,
+    ) -> PenaltyContext:
+        """The context of a prompt and an output given as ids."""
+        history = PenaltyHistory(prompt_ids.tolist(), vocab)
+        history.add(output_ids.tolist())
+        return history.context(penalties, seen)
+
+
+class PenaltyHistory:
+    """A request's prompt mask and output counts, kept up to date as tokens are emitted: O(new tokens)
+    per step, not O(output)."""
+
+    def __init__(self, prompt_ids: list[int], vocab: int) -> None:
+        self.prompt_mask = torch.zeros(vocab, dtype=torch.bool)
+        self.prompt_mask[torch.tensor(prompt_ids, dtype=torch.long)] = True
+        self.output_counts = torch.zeros(vocab, dtype=torch.float32)
+
+    def add(self, tokens: list[int]) -> None:
+        if tokens:
+            self.output_counts.index_add_(0, torch.tensor(tokens, dtype=torch.long), torch.ones(len(tokens)))
+
+    def context(self, penalties: Penalties, seen: SeenTokens | None = None) -> PenaltyContext:
+        """This step's context. It shares the counts: a step is consumed before its tokens are emitted."""
+        return PenaltyContext(penalties, self.prompt_mask, self.output_counts, seen)
 
 
 def output_counts(context: PenaltyContext, rows: int, vocab: int, device: torch.device) -> torch.Tensor:
     """[rows, vocab] float32: how often each id occurs in the output each row has seen."""
-    counts = torch.zeros(vocab, dtype=torch.float32, device=device)
-    output = context.output_ids.to(device)
-    counts.index_add_(0, output, torch.ones(output.shape[0], dtype=torch.float32, device=device))
-    counts = counts.expand(rows, vocab).clone()
+    counts = context.output_counts.to(device).expand(rows, vocab).clone()
     if context.seen is not None and context.seen.tokens.numel():
         extra = context.seen.matrix().to(device)
         if extra.shape[0] != rows:
@@ -78,9 +108,7 @@ def apply_penalties(logits: torch.Tensor, context: PenaltyContext) -> torch.Tens
     counts = output_counts(context, rows, vocab, logits.device)
     penalised = logits
     if values.repetition != 1.0:
-        in_prompt = torch.zeros(vocab, dtype=torch.bool, device=logits.device)
-        in_prompt[context.prompt_ids.to(logits.device)] = True
-        seen = (counts > 0) | in_prompt[None, :]
+        seen = (counts > 0) | context.prompt_mask.to(logits.device)[None, :]
         scaled = torch.where(logits > 0, logits / values.repetition, logits * values.repetition)
         penalised = torch.where(seen, scaled, penalised)
     if values.frequency != 0.0:

@@ -122,9 +122,27 @@ class RowLogprobs:
         return RowLogprobs(self.chosen.cpu(), self.top_ids.cpu(), self.top_values.cpu())
 
 
-def row_logprobs(logits: torch.Tensor, ids: torch.Tensor, banned_ids: tuple[int, ...], top: int) -> RowLogprobs:
+def row_logprobs(
+    logits: torch.Tensor,
+    ids: torch.Tensor,
+    banned_ids: tuple[int, ...],
+    top: int,
+    rows: torch.Tensor | None = None,
+) -> RowLogprobs:
     """Log-probabilities under the model's own distribution (temperature 1, before penalties and
-    filters; the banned ids excluded, as for the confidence) of `ids` [N] and of each row's `top` ids."""
+    filters; the banned ids excluded, as for the confidence) of `ids` [N] and of each row's `top` ids.
+    With `rows`, only those rows are computed (the others hold NaN and -1)."""
+    if rows is not None:
+        rows = rows.to(logits.device)
+        part = row_logprobs(logits[rows], ids.to(logits.device)[rows], banned_ids, top)
+        width = part.top_ids.shape[-1]
+        full = RowLogprobs(
+            torch.full((logits.shape[0],), float("nan"), device=logits.device),
+            torch.full((logits.shape[0], width), -1, dtype=torch.long, device=logits.device),
+            torch.full((logits.shape[0], width), float("nan"), device=logits.device),
+        )
+        full.chosen[rows], full.top_ids[rows], full.top_values[rows] = part.chosen, part.top_ids, part.top_values
+        return full
     logits = logits.float()
     if banned_ids:
         logits = logits.clone()

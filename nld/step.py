@@ -38,6 +38,7 @@ class StepRequest:
     rows: torch.Tensor | None = None  # indices of the new tokens whose outputs are wanted (None: all)
     penalties: PenaltyContext | None = None  # applied to the wanted rows' logits before selection
     logprobs: int | None = None  # None: none; n: the selected ids' log-probabilities and the top n
+    logprob_rows: torch.Tensor | None = None  # the wanted rows whose log-probabilities are read (None: all)
 
     def __post_init__(self) -> None:
         steps = self.token_ids.shape[0]

@@ -11,6 +11,8 @@ from __future__ import annotations
 from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
+MAX_HELD_IDS = 4  # a UTF-8 character is at most 4 bytes, so at most 4 byte-fallback ids
+
 
 class IncrementalText:
     """Feed final token ids; get the new text since the last call. Ids that end inside a character (a
@@ -28,6 +30,8 @@ class IncrementalText:
             piece = self._stream.step(self.tokenizer, token)
             if piece is None:
                 self._held.append(token)
+                if len(self._held) > MAX_HELD_IDS:  # no character is this long: give up on it (U+FFFD), so a
+                    pieces.append(self.flush())  # run of stray bytes cannot make each step re-decode them all
             else:
                 self._held.clear()
                 pieces.append(piece)

@@ -102,7 +102,8 @@ class PaddedBatchBackend:
         ids, confidence = select_tokens(scored, request.sampler)
         logprobs = None
         if request.logprobs is not None:
-            logprobs = row_logprobs(logits, ids, request.sampler.banned_ids, request.logprobs).cpu()
+            banned = request.sampler.banned_ids
+            logprobs = row_logprobs(logits, ids, banned, request.logprobs, request.logprob_rows).cpu()
         if request.write_cache:
             request.cache.append([(k[row, :, :count], v[row, :, :count]) for k, v in presents])
         # Results live on the host: policies are device-agnostic and read a few ids per token.

@@ -47,11 +47,12 @@ def run_point(
     warmup: int = 1,
     repeat: int = 1,
     progress: Callable[[int], None] | None = None,
+    block_length: int | None = None,
 ) -> dict:
     """Benchmark one mode at one concurrency; returns its record (metrics.summarize)."""
     timed = TimedBackend(backend)
     engine = Engine(timed, EngineSettings(max_batch=point.concurrency))  # type: ignore[arg-type]
-    params = GenerationParams(max_new_tokens=max_new_tokens)
+    params = GenerationParams(max_new_tokens=max_new_tokens, block_length=block_length if point.mode != "ar" else None)
     _drive(engine, prompts[:warmup], point, params, None)  # compile / allocate outside the measurement
     timed.seconds = 0.0
     forwards_before = engine.metrics["forwards"]

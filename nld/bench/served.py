@@ -43,7 +43,7 @@ def _delta(before: dict[str, float] | None, after: dict[str, float] | None, key:
     return after.get(key, 0.0) - before.get(key, 0.0)
 
 
-def grpc_session(url: str, point: SweepPoint, max_new_tokens: int) -> Session:
+def grpc_session(url: str, point: SweepPoint, max_new_tokens: int, block_length: int | None = None) -> Session:
     """Users of the Triton gRPC endpoint at `url` (host:port)."""
 
     @contextlib.contextmanager
@@ -55,7 +55,10 @@ def grpc_session(url: str, point: SweepPoint, max_new_tokens: int) -> Session:
                     if ids:
                         trace.chunks.append((time.perf_counter(), len(ids)))
 
-                result = client.generate(prompt.text, on_ids=heard, mode=point.mode, max_tokens=max_new_tokens)
+                block = block_length if point.mode != "ar" else None
+                result = client.generate(
+                    prompt.text, on_ids=heard, mode=point.mode, max_tokens=max_new_tokens, block_length=block
+                )
                 trace.forwards = result.forwards or 0
                 trace.acceptance_lengths = list(result.acceptance_lengths)
 
@@ -65,7 +68,12 @@ def grpc_session(url: str, point: SweepPoint, max_new_tokens: int) -> Session:
 
 
 def openai_session(
-    url: str, model: str, point: SweepPoint, max_new_tokens: int, count_tokens: Callable[[str], int]
+    url: str,
+    model: str,
+    point: SweepPoint,
+    max_new_tokens: int,
+    count_tokens: Callable[[str], int],
+    block_length: int | None = None,
 ) -> Session:
     """Users of the OpenAI endpoint at `url` (…/v1), model `<model>:<mode>`, greedy streamed completions.
     SSE chunks carry text, not token counts: a chunk's tokens are those its text adds to the re-tokenized
@@ -76,6 +84,9 @@ def openai_session(
         import openai
 
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
+        extra = {}
+        if block_length is not None and point.mode != "ar":
+            extra = {"nvext": {"annotations": [f"block_length={block_length}"]}}
         try:
 
             def run(prompt: BenchPrompt, trace: RequestTrace) -> None:
@@ -86,6 +97,7 @@ def openai_session(
                     temperature=0.0,
                     stream=True,
                     stream_options={"include_usage": True},
+                    extra_body=extra,
                 )
                 text, counted, usage = "", 0, None
                 for chunk in stream:

@@ -44,6 +44,7 @@ class BenchSettings:
     max_new_tokens: int = 64
     warmup: int = 1
     repeat: int = 1
+    block_length: int | None = None  # None: each mode's default
 
     def check(self) -> None:
         unknown = [mode for mode in self.modes if mode not in MODES]
@@ -56,6 +57,8 @@ class BenchSettings:
                 raise NLDError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise NLDError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.block_length is not None and self.block_length < 1:
+            raise NLDError(f"--block-length must be >= 1, got {self.block_length}")
 
 
 Measure = Callable[[SweepPoint, Callable[[int], object]], dict]
@@ -67,14 +70,21 @@ def in_process(
     """Points measured on the batching engine in this process."""
     encoded = [(prompt, tokenizer.encode_prompt(prompt.text)) for prompt in prompts]  # as the server does
     return lambda point, progress: run_point(
-        backend, encoded, point, settings.max_new_tokens, settings.warmup, settings.repeat, progress
+        backend,
+        encoded,
+        point,
+        settings.max_new_tokens,
+        settings.warmup,
+        settings.repeat,
+        progress,
+        settings.block_length,
     )
 
 
 def served(url: str, metrics_url: str | None, prompts: list[BenchPrompt], settings: BenchSettings) -> Measure:
     """Points measured through a running Triton server's gRPC endpoint."""
     return lambda point, progress: run_point_served(
-        grpc_session(url, point, settings.max_new_tokens),
+        grpc_session(url, point, settings.max_new_tokens, settings.block_length),
         prompts,
         point,
         settings.warmup,
@@ -99,7 +109,7 @@ def served_openai(
         return len(tokenizer.tokenizer.encode(text, add_special_tokens=False).ids)
 
     return lambda point, progress: run_point_served(
-        openai_session(url, model, point, settings.max_new_tokens, count_tokens),
+        openai_session(url, model, point, settings.max_new_tokens, count_tokens, settings.block_length),
         prompts,
         point,
         settings.warmup,

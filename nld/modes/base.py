@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from nld.config import NLDConfig
 from nld.kv_cache import KVCache
 from nld.limits import BOUNDS, ParameterError, check_fields, check_prompt_ids
-from nld.penalties import Penalties, PenaltyContext, SeenTokens
+from nld.penalties import Penalties, PenaltyHistory, SeenTokens
 from nld.sampling import Sampler, TokenLogprob, seeded_generator
 from nld.step import StepBackend, StepRequest, StepResult, step_one
 from nld.text import OutputText
@@ -120,6 +120,7 @@ class Decoding:
         if params.logprobs is not None:
             self.state.logprobs = []
         self.penalties = params.penalties if params.penalties.active else None
+        self.history = PenaltyHistory(list(prompt_ids), config.vocab_size) if self.penalties else None
         self.text = OutputText(tokenizer, params.stop) if tokenizer is not None else None
         self._prompt = torch.tensor(self.state.prompt_ids, dtype=torch.long)
 
@@ -146,14 +147,16 @@ class Decoding:
         rows: torch.Tensor | None = None,
         sampler: Sampler | None = None,
         seen: SeenTokens | None = None,
+        logprob_rows: torch.Tensor | None = None,
     ) -> StepRequest:
-        """A step over `token_ids` placed after the cache. `draft` marks passes where the adapter applies;
-        `seen`: tokens beyond the emitted output that the wanted rows follow (for the penalties)."""
+        """A step over `token_ids` placed after the cache. `draft` marks passes where the adapter applies
+        (their rows are never emitted: no log-probabilities); `seen`: tokens beyond the emitted output
+        that the wanted rows follow (for the penalties); `logprob_rows`: the rows whose log-probabilities
+        the policy reads (None: all)."""
         adapter = self.has_adapter and self.params.use_adapter and (draft or self.params.adapter_in_every_pass)
         penalties = None
-        if self.penalties is not None:
-            output = torch.tensor(self.state.new_ids, dtype=torch.long)
-            penalties = PenaltyContext(self.penalties, self._prompt, output, seen)
+        if self.penalties is not None and self.history is not None:
+            penalties = self.history.context(self.penalties, seen)
         return StepRequest(
             cache=self.cache,
             token_ids=token_ids,
@@ -164,7 +167,8 @@ class Decoding:
             adapter=adapter,
             rows=rows,
             penalties=penalties,
-            logprobs=self.params.logprobs,
+            logprobs=None if draft else self.params.logprobs,
+            logprob_rows=logprob_rows,
         )
 
     def is_eos(self, token: int) -> bool:
@@ -182,6 +186,8 @@ class Decoding:
                 kept, reason = kept[: stop_at + 1], "stop"
             state.text += piece
         state.new_ids.extend(kept)
+        if self.history is not None:
+            self.history.add(kept)
         if state.logprobs is not None and logprobs is not None:
             state.logprobs.extend(logprobs[: len(kept)])
         if reason is None:

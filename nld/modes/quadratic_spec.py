@@ -56,6 +56,7 @@ def quadratic_spec_policy(decoding: Decoding) -> Policy:
         first_pass_visibility(length, block),
         write_cache=True,
         rows=torch.arange(length - 1, length + block),
+        logprob_rows=torch.tensor([0]),
     )
     decoding.state.nfe = 1
     decoding.cache.crop(length)
@@ -65,13 +66,16 @@ def quadratic_spec_policy(decoding: Decoding) -> Policy:
     visibility, offsets = cycle_layout(block)
     row = block + 1
     chain_counts = torch.arange(1, block + 1).repeat_interleave(row)  # row i's tokens follow d_0 .. d_i
+    chain_rows = torch.arange(block) * row  # the AR rows: the only ones whose log-probabilities are read
     while True:
         committed = decoding.cache.length
         tokens = torch.full((block, row), decoding.mask_id, dtype=torch.long)
         tokens[:, 0] = draft
         positions = committed + offsets
         seen = SeenTokens(draft, chain_counts)
-        result = yield decoding.request(tokens.flatten(), visibility, write_cache=True, positions=positions, seen=seen)
+        result = yield decoding.request(
+            tokens.flatten(), visibility, write_cache=True, positions=positions, seen=seen, logprob_rows=chain_rows
+        )
         decoding.state.nfe += 1
         decoding.state.forwards += 1
         predicted = result.token_ids.view(block, row)

@@ -20,7 +20,7 @@ import numpy as np
 
 from nld.chat_template import check_messages
 from nld.engine.scheduler import AUTO
-from nld.limits import MAX_STOP_STRINGS, ParameterError
+from nld.limits import MAX_STOP_CHARS, MAX_STOP_STRINGS, ParameterError
 from nld.modes import MODES, GenerationParams
 
 REQUEST_MODES = (*MODES, AUTO)
@@ -104,8 +104,17 @@ def _messages(array: np.ndarray) -> list[dict[str, Any]]:
     return check_messages(messages)
 
 
-def _texts(array: np.ndarray) -> list[str]:
-    return [_text(np.array([value])) for value in array.reshape(-1)]
+def _stop_words(array: np.ndarray) -> list[str]:
+    """The stop strings of a `stop_words` tensor; empty entries are dropped (TensorRT-LLM clients send
+    "" for none); an entry over MAX_STOP_CHARS x 4 bytes is refused before it is decoded."""
+    words = []
+    for value in array.reshape(-1):
+        if isinstance(value, bytes) and len(value) > 4 * MAX_STOP_CHARS:
+            raise ValueError(f"a stop string of {len(value)} bytes exceeds {4 * MAX_STOP_CHARS}")
+        text = _text(np.array([value]))
+        if text:
+            words.append(text)
+    return words
 
 
 def _ids(array: np.ndarray) -> list[int]:
@@ -131,7 +140,7 @@ INPUTS: dict[str, InputSpec] = {
     ),
     "block_length": InputSpec("TYPE_INT32", _int),
     "threshold": InputSpec("TYPE_FP32", _float),
-    "stop_words": InputSpec("TYPE_STRING", _texts, dims="-1", max_items=MAX_STOP_STRINGS),
+    "stop_words": InputSpec("TYPE_STRING", _stop_words, dims="-1", max_items=MAX_STOP_STRINGS),
     "repetition_penalty": InputSpec("TYPE_FP32", _float),
     "presence_penalty": InputSpec("TYPE_FP32", _float),
     "frequency_penalty": InputSpec("TYPE_FP32", _float),

@@ -28,9 +28,9 @@ def _parameters(model_config: dict) -> dict[str, str]:
     return {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
 
 
-def logprob_tensors(pb: Any, logprobs: list[TokenLogprob]) -> list[Any]:
-    """output_log_probs [T], output_top_logprob_ids and output_top_logprobs [T, n] of some tokens."""
-    width = len(logprobs[0].top) if logprobs else 0
+def logprob_tensors(pb: Any, logprobs: list[TokenLogprob], width: int) -> list[Any]:
+    """output_log_probs [T], output_top_logprob_ids and output_top_logprobs [T, n] of some tokens (T may
+    be 0: the shapes stay [0, n], so responses concatenate)."""
     top = [entry.top for entry in logprobs]
     ids = np.array([[token for token, _ in row] for row in top], dtype=np.int32).reshape(len(top), width)
     values = np.array([[value for _, value in row] for row in top], dtype=np.float32).reshape(len(top), width)
@@ -108,8 +108,10 @@ class TritonPythonModel:
             prompt_ids = self._prompt_ids(parsed, prompt_input)
             pending = Update("", [], logprobs=[] if parsed.params.logprobs is not None else None)
 
+            width = parsed.params.logprobs or 0
+
             def listen(update: Update) -> None:
-                self._respond(sender, pending, parsed.stream, update)
+                self._respond(sender, pending, parsed.stream, update, width)
 
             self.engine.submit(prompt_ids, parsed.mode, parsed.params, listen, request.is_cancelled)
         except InputError as error:
@@ -133,7 +135,7 @@ class TritonPythonModel:
         assert parsed.text is not None
         return self.tokenizer.encode_prompt(parsed.text)
 
-    def _respond(self, sender: Any, pending: Update, stream: bool, update: Update) -> None:
+    def _respond(self, sender: Any, pending: Update, stream: bool, update: Update, width: int) -> None:
         """Send a streamed update as it comes; otherwise gather them in `pending` and send one at the end."""
         final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         if update.error is not None:
@@ -141,7 +143,7 @@ class TritonPythonModel:
             self._publish_metrics()
             return
         if stream and not update.finished:
-            sender.send(self._response(update.text, update.new_ids, update.logprobs))
+            sender.send(self._response(update.text, update.new_ids, update.logprobs, width))
             return
         pending.new_ids.extend(update.new_ids)
         pending.text += update.text
@@ -160,18 +162,18 @@ class TritonPythonModel:
                 "acceptance_lengths": generation.acceptance_lengths,
                 "decoded_mode": generation.mode,
             }
-        sender.send(self._response(pending.text, pending.new_ids, pending.logprobs, stats), flags=final)
+        sender.send(self._response(pending.text, pending.new_ids, pending.logprobs, width, stats), flags=final)
         self._publish_metrics()
 
     def _response(
-        self, piece: str, ids: list[int], logprobs: list[TokenLogprob] | None, stats: dict | None = None
+        self, piece: str, ids: list[int], logprobs: list[TokenLogprob] | None, width: int, stats: dict | None = None
     ) -> Any:
         tensors = [
             self.pb.Tensor("text_output", np.array([piece.encode("utf-8")], dtype=np.object_)),
             self.pb.Tensor("output_ids", np.array(ids, dtype=np.int32)),
         ]
         if logprobs is not None:
-            tensors += logprob_tensors(self.pb, logprobs)
+            tensors += logprob_tensors(self.pb, logprobs, width)
         if stats:
             tensors += [
                 self.pb.Tensor("finish_reason", np.array([stats["finish_reason"].encode()], dtype=np.object_)),

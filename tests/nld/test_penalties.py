@@ -32,7 +32,7 @@ def test_repetition_penalty_equals_transformers_processor() -> None:
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 50, generator=generator) * 4
     prompt, output = torch.tensor([1, 2, 7]), torch.tensor([7, 9, 9])
-    context = PenaltyContext(Penalties(repetition=1.7), prompt, output)
+    context = PenaltyContext.of(Penalties(repetition=1.7), prompt, output, 50)
     expected = RepetitionPenaltyLogitsProcessor(1.7)(torch.cat((prompt, output))[None].expand(3, -1), logits.clone())
     torch.testing.assert_close(apply_penalties(logits, context), expected)
 
@@ -40,7 +40,8 @@ def test_repetition_penalty_equals_transformers_processor() -> None:
 def test_presence_and_frequency_follow_the_output_counts_row_by_row() -> None:
     logits = torch.zeros(3, 10)
     seen = SeenTokens(torch.tensor([4, 4, 5]), torch.tensor([0, 2, 3]))  # row n saw the first n... tokens
-    context = PenaltyContext(Penalties(presence=0.5, frequency=0.25), torch.tensor([8]), torch.tensor([4, 6]), seen)
+    values = Penalties(presence=0.5, frequency=0.25)
+    context = PenaltyContext.of(values, torch.tensor([8]), torch.tensor([4, 6]), 10, seen)
     penalised = apply_penalties(logits, context)
     counts = [{4: 1, 6: 1}, {4: 3, 6: 1}, {4: 3, 6: 1, 5: 1}]
     for row, row_counts in enumerate(counts):

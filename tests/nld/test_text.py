@@ -108,3 +108,11 @@ def test_stop_strings_without_a_tokenizer_are_refused() -> None:
     backend, _ = builtin()
     with pytest.raises(ValueError, match="stop: stop strings need the model's tokenizer"):
         generate(backend, [1, 2, 3], "ar", GenerationParams(max_new_tokens=4, stop=("x",)))
+
+
+def test_stray_bytes_are_given_up_after_four_ids_not_held_forever() -> None:
+    _, tokenizer = builtin()
+    lead = tokenizer.encode_prompt("→", chat=False)[1:][0]  # the first byte of a 3-byte character
+    stream = IncrementalText(tokenizer.tokenizer)
+    pieces = [stream.push([lead]) for _ in range(4000)]
+    assert len(stream._held) <= 4 and "\ufffd" in "".join(pieces)  # O(1) per token, not a re-decode of all

@@ -146,3 +146,18 @@ def test_auto_follows_a_measured_crossover(tmp_path: Path) -> None:
     while engine.busy:
         engine.step()
     assert [finals[i].generation.mode for i in ids] == ["linear-spec", "linear-spec", "ar"]
+
+
+def test_block_length_reaches_the_speculative_modes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--block-length 2`: a linear-spec verify can accept at most 2 tokens; AR ignores the option."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "def add(a, b):"}\n')
+    args = ["bench", "--modes", "ar,linear-spec", "--concurrency", "1", "--prompts", str(prompts), "--warmup", "0"]
+    assert main([*args, "--max-new-tokens", "16", "--block-length", "2", "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    written = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert written["context"]["settings"]["block_length"] == 2
+    spec = written["records"][1]
+    assert spec["mode"] == "linear-spec" and 1 <= spec["acceptance_length"] <= 2
+    assert main(["bench", "--block-length", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--block-length must be >= 1" in capsys.readouterr().err

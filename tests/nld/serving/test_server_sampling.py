@@ -60,6 +60,13 @@ def test_controls_over_triton_equal_in_process(tiny_server: ServerSettings, mode
     ]
 
 
+def test_empty_stop_words_mean_none(tiny_server: ServerSettings) -> None:
+    expected = in_process("ar")
+    with NLDClient(tiny_server.grpc_url) as client:
+        result = client.generate(PROMPT, mode="ar", max_tokens=32, stop_words=[""])
+    assert result.output_ids == expected.new_ids  # as TensorRT-LLM clients send "" for no stop words
+
+
 def test_return_log_probs_alone_gives_the_chosen_ids_only(tiny_server: ServerSettings) -> None:
     expected = in_process("ar", logprobs=0)
     with NLDClient(tiny_server.grpc_url) as client:
@@ -75,7 +82,7 @@ def test_return_log_probs_alone_gives_the_chosen_ids_only(tiny_server: ServerSet
         ({"presence_penalty": 3.0}, "input 'presence_penalty': must lie in [-2, 2]"),
         ({"frequency_penalty": float("nan")}, "input 'frequency_penalty': must be finite"),
         ({"top_logprobs": 21}, "input 'top_logprobs': must lie in [0, 20]"),
-        ({"stop_words": [""]}, "input 'stop_words': stop strings must be non-empty"),
+        ({"stop_words": ["x" * 1025]}, "input 'stop_words': a stop string of 1025 bytes exceeds 1024"),
         ({"stop_words": ["x"] * 17}, "input 'stop_words': 17 values exceed 16"),
         ({"stop_words": ["x" * 257]}, "input 'stop_words': a stop string of 257 characters exceeds 256"),
     ],
