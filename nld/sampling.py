@@ -71,14 +71,20 @@ def _min_p_filter(probs: torch.Tensor, min_p: float) -> torch.Tensor:
     return filtered / filtered.sum(dim=-1, keepdim=True)
 
 
+def without_banned(logits: torch.Tensor, banned_ids: tuple[int, ...]) -> torch.Tensor:
+    """float32 `logits` [N, V] with the banned ids at -inf (a copy when any are banned)."""
+    logits = logits.float()
+    if banned_ids:
+        logits = logits.clone()
+        logits[:, list(banned_ids)] = float("-inf")
+    return logits
+
+
 def select_tokens(logits: torch.Tensor, sampler: Sampler) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row of `logits` [N, V]; return (ids [N] int64, confidence [N] float32)."""
     if sampler.greedy and len(sampler.banned_ids) <= 1:  # the top-1 kernel (CUDA) or its reference
         return top1_confidence(logits, sampler.banned_ids[0] if sampler.banned_ids else -1)
-    logits = logits.float()
-    if sampler.banned_ids:
-        logits = logits.clone()
-        logits[:, list(sampler.banned_ids)] = float("-inf")
+    logits = without_banned(logits, sampler.banned_ids)
     probs = torch.softmax(logits, dim=-1)
     if sampler.greedy:
         ids = logits.argmax(dim=-1)
@@ -143,11 +149,7 @@ def row_logprobs(
         )
         full.chosen[rows], full.top_ids[rows], full.top_values[rows] = part.chosen, part.top_ids, part.top_values
         return full
-    logits = logits.float()
-    if banned_ids:
-        logits = logits.clone()
-        logits[:, list(banned_ids)] = float("-inf")
-    logprobs = torch.log_softmax(logits, dim=-1)
+    logprobs = torch.log_softmax(without_banned(logits, banned_ids), dim=-1)
     chosen = logprobs.gather(-1, ids.to(logprobs.device).unsqueeze(-1)).squeeze(-1)
     values, top_ids = logprobs.topk(min(top, logprobs.shape[-1]), dim=-1)
     return RowLogprobs(chosen, top_ids, values)
