@@ -15,10 +15,11 @@ from nld.step import StepBackend
 
 
 def cache_capacity(prompt_length: int, mode: str, params: GenerationParams, block_size: int) -> int:
-    """Slots one request can need: prompt, output, and the widest speculative step beyond them."""
+    """KV positions one request can need: the prompt, the output, and the widest step written after them
+    (a step is written after at most prompt + max_new_tokens - 1 committed tokens, then cropped)."""
     block = params.block_length or (default_block(block_size) if mode == "quadratic-spec" else block_size)
     widest = block * (block + 1) if mode == "quadratic-spec" else block
-    return prompt_length + params.max_new_tokens + 2 * widest
+    return prompt_length + params.max_new_tokens + widest
 
 
 def generate(

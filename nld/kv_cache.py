@@ -1,9 +1,19 @@
-"""Per-sequence KV cache: preallocated, append, crop to a length, keep selected positions."""
+"""The KV store: preallocated slots that steps read and write where they live.
+
+`KVStore` holds the keys and values of `slots` sequences in two tensors [layers, slots, KVH, capacity, D]
+(post-RoPE). A running sequence owns one slot, seen through its `KVCache`: slots [0, length) of it hold
+the K/V of its committed tokens, in position order of commit; what lies past `length` is scratch.
+A step reads the committed K/V in place (a view, never a copy), writes only its new tokens' K/V, and the
+policies' cache operations are index operations on the slot: crop sets the length, keep gathers the
+kept positions to the front. The layout makes every layer's rows of consecutive slots one strided
+tensor, so a batched step over neighbouring slots reads all their caches as one view.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy
 import torch
 
 from nld.errors import NLDError
@@ -16,33 +26,119 @@ class CacheFullError(NLDError):
     """A step would write past the cache's preallocated capacity."""
 
 
-class KVCache:
-    """Keys/values of one sequence for every layer, stored post-RoPE in [layers, KVH, capacity, D].
+def zeroed(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """A zero tensor. On the CPU its pages come from calloc, so memory is only committed where it is
+    written: a large store costs what its sequences use. (The zeros matter: attention multiplies masked
+    positions' values by a zero weight, and 0 x NaN garbage would be NaN.)"""
+    if torch.device(device).type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    size = torch.empty((), dtype=dtype).element_size()
+    count = 1
+    for extent in shape:
+        count *= extent
+    return torch.from_numpy(numpy.zeros(count * size, dtype=numpy.uint8)).view(dtype).view(shape)
 
-    Invariant: slots [0, length) hold the K/V of the committed tokens, in position order of commit.
-    """
+
+class KVStore:
+    """K/V of `slots` sequences of up to `capacity` tokens each, for every layer."""
+
+    def __init__(
+        self,
+        layers: int,
+        kv_heads: int,
+        head_dim: int,
+        slots: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        if slots < 1 or capacity < 1:
+            raise ValueError(f"a KV store needs >= 1 slot of >= 1 token, got {slots} x {capacity}")
+        shape = (layers, slots, kv_heads, capacity, head_dim)
+        self.keys = zeroed(shape, dtype, device)
+        self.values = zeroed(shape, dtype, device)
+
+    @property
+    def slots(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[3]
+
+    @property
+    def layers(self) -> int:
+        return self.keys.shape[0]
+
+    def cache(self, slot: int) -> KVCache:
+        """The (empty) cache of `slot`."""
+        if not 0 <= slot < self.slots:
+            raise ValueError(f"slot {slot} outside [0, {self.slots})")
+        return KVCache.in_store(self, slot)
+
+    def move(self, cache: KVCache, slot: int) -> None:
+        """Move `cache`'s committed K/V into the free `slot` and point the cache at it (compaction)."""
+        if cache.store is not self:
+            raise ValueError("cannot move a cache into another store's slot")
+        length = cache.length
+        for tensor in (self.keys, self.values):
+            tensor[:, slot, :, :length] = tensor[:, cache.slot, :, :length]
+        cache.slot = slot
+
+    def write(self, slots: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Write N tokens' K/V, given per layer as keys/values [layers, N, KVH, D], at (slots[i],
+        positions[i]) of every layer: two index operations, whatever the number of sequences."""
+        index = (slots.to(self.keys.device), positions.to(self.keys.device))
+        for store, new in ((self.keys, keys), (self.values, values)):
+            # [layers, slots, KVH, capacity, D] -> [slots, capacity, layers, KVH, D] (a view)
+            store.permute(1, 3, 0, 2, 4).index_put_(index, new.permute(1, 0, 2, 3).to(store.dtype))
+
+
+class KVCache:
+    """One sequence's view of its slot: [layers, KVH, capacity, D] keys and values, `length` committed.
+
+    `KVCache(layers, kv_heads, head_dim, capacity, dtype, device)` makes a cache with a store of its own
+    (one slot); an engine's caches share one store (`KVStore.cache`)."""
 
     def __init__(
         self, layers: int, kv_heads: int, head_dim: int, capacity: int, dtype: torch.dtype, device: torch.device | str
     ) -> None:
-        self.keys = torch.zeros(layers, kv_heads, capacity, head_dim, dtype=dtype, device=device)
-        self.values = torch.zeros_like(self.keys)
+        self.store = KVStore(layers, kv_heads, head_dim, 1, capacity, dtype, device)
+        self.slot = 0
         self.length = 0
+
+    @classmethod
+    def in_store(cls, store: KVStore, slot: int) -> KVCache:
+        cache = cls.__new__(cls)
+        cache.store, cache.slot, cache.length = store, slot, 0
+        return cache
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self.store.keys[:, self.slot]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.store.values[:, self.slot]
 
     @property
     def capacity(self) -> int:
-        return self.keys.shape[2]
+        return self.store.capacity
 
     def layer(self, index: int) -> KV:
         """Views of the committed K/V of one layer: ([KVH, length, D], [KVH, length, D])."""
         return self.keys[index, :, : self.length], self.values[index, :, : self.length]
 
+    def check_room(self, count: int) -> None:
+        """Raise CacheFullError unless `count` more tokens fit after the committed ones."""
+        if self.length + count > self.capacity:
+            raise CacheFullError(f"KV cache full: {self.length} + {count} tokens exceed capacity {self.capacity}")
+
     def append(self, presents: Sequence[KV]) -> None:
         """Write a step's K/V (per layer [KVH, T, D]) after the committed ones."""
         count = presents[0][0].shape[-2]
+        self.check_room(count)
         end = self.length + count
-        if end > self.capacity:
-            raise CacheFullError(f"KV cache full: {self.length} + {count} tokens exceed capacity {self.capacity}")
         for index, (key, value) in enumerate(presents):
             self.keys[index, :, self.length : end] = key
             self.values[index, :, self.length : end] = value
@@ -62,9 +158,16 @@ class KVCache:
         if len(offsets) and (index.max() >= self.length or (index.diff() <= 0).any()):
             raise ValueError(f"keep offsets {list(offsets)} must be ascending and below {self.length - start}")
         kept = len(offsets)
-        starts = torch.tensor([start], device=self.keys.device)
-        counts = torch.tensor([kept], device=self.keys.device)
-        for cache in (self.keys, self.values):  # the gather kernel, on [1, layers x heads, capacity, D]
-            flat = cache.view(1, -1, *cache.shape[2:])
-            kv_keep_(flat, starts, index[None] - start, counts)
+        store = self.store
+        # The gather kernel works on a contiguous [sequences, heads, capacity, D]: the whole store seen as
+        # layers x slots sequences, of which this slot's row in every layer keeps `kept` positions.
+        rows = store.layers * store.slots
+        mine = torch.arange(store.layers, device=self.keys.device) * store.slots + self.slot
+        starts = torch.full((rows,), start, device=self.keys.device)
+        counts = torch.zeros(rows, dtype=torch.long, device=self.keys.device)
+        counts[mine] = kept
+        moved = torch.zeros(rows, max(kept, 1), dtype=torch.long, device=self.keys.device)
+        moved[mine, :kept] = index - start
+        for tensor in (store.keys, store.values):
+            kv_keep_(tensor.view(rows, *tensor.shape[2:]), starts, moved, counts)
         self.length = start + kept

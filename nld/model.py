@@ -34,6 +34,22 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(dtype)
 
 
+def split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: KV, bias: torch.Tensor) -> torch.Tensor:
+    """Attention over [past | new] that reads the past K/V where they lie (any strides: views of a KV
+    store) instead of concatenating them with the new ones: the scores of both parts are joined, the
+    weights split again. q [B, H, T, D]; k, v [B, KVH, T, D]; past [B, KVH, P, D]; bias [B, 1, T, P+T].
+    Grouped-query heads share their K/V without being repeated. Returns [B, H, T, D]."""
+    batch, heads, steps, dim = q.shape
+    kv_heads, prefix = k.shape[1], past[0].shape[2]
+    grouped = q.reshape(batch, kv_heads, heads // kv_heads * steps, dim)  # heads are kv-head-major
+    scores = torch.cat((grouped @ past[0].transpose(-1, -2), grouped @ k.transpose(-1, -2)), dim=-1)
+    scores = scores.view(batch, kv_heads, heads // kv_heads, steps, prefix + steps).float() * dim**-0.5
+    weights = torch.softmax(scores + bias.float().unsqueeze(1), dim=-1).to(v.dtype)
+    weights = weights.view(batch, kv_heads, heads // kv_heads * steps, prefix + steps)
+    out = weights[..., :prefix] @ past[1] + weights[..., prefix:] @ v
+    return out.view(batch, heads, steps, dim)
+
+
 class Attention(nn.Module):
     def __init__(self, config: NLDConfig) -> None:
         super().__init__()
@@ -58,6 +74,7 @@ class Attention(nn.Module):
         bias: torch.Tensor,
         past: KV | None,
         adapter: bool,
+        split: bool = False,
     ) -> tuple[torch.Tensor, KV]:
         batch, steps, _ = x.shape
         q = self.q_proj(x).view(batch, steps, self.heads, self.head_dim).transpose(1, 2)
@@ -67,8 +84,11 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if query_scale is not None:
             q = q * query_scale.to(q.dtype)
-        keys, values = (k, v) if past is None else (torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2))
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.to(q.dtype), enable_gqa=True)
+        if split and past is not None:
+            out = split_attention(q, k, v, past, bias)
+        else:
+            keys, values = (k, v) if past is None else (torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2))
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.to(q.dtype), enable_gqa=True)
         out = out.transpose(1, 2).reshape(batch, steps, self.heads * self.head_dim)
         result = self.o_proj(out)
         if adapter and self.lora_a is not None and self.lora_b is not None:
@@ -149,9 +169,12 @@ class NLDTransformer(nn.Module):
         attention_bias: torch.Tensor,
         past: list[KV] | None = None,
         adapter: bool = False,
+        split_attention: bool = False,
     ) -> tuple[torch.Tensor, list[KV]]:
         """One step. input_ids/position_ids [B, T]; attention_bias [B, 1, T, P+T] (0 or -inf);
-        past: per layer (key, value) [B, KVH, P, D] post-RoPE. Returns (hidden [B, T, H], presents)."""
+        past: per layer (key, value) [B, KVH, P, D] post-RoPE, read in place with `split_attention`
+        (concatenated with the new K/V otherwise: the exported graph's form, which TensorRT fuses).
+        Returns (hidden [B, T, H], presents)."""
         hidden = self.encoder.embed_tokens(input_ids)
         rotary = self.rotary(position_ids, hidden.dtype)
         query_scale = self.rotary.query_scale(position_ids)
@@ -164,6 +187,7 @@ class NLDTransformer(nn.Module):
                 attention_bias,
                 None if past is None else past[index],
                 adapter,
+                split_attention,
             )
             presents.append(present)
             hidden = hidden + attn_out

@@ -59,17 +59,12 @@ def median_ms(run: object, repeat: int) -> float:
 
 def forward_only(backend: TorchBackend, requests: list[StepRequest]) -> object:
     """The network part of `backend.step(requests)`: the forward and the logits of every row."""
-    from nld.backends.padded import attention_bias
+    from nld.backends.padded import build_batch
 
-    prefix = max(request.cache.length for request in requests)
-    steps = requests[0].token_ids.shape[0]
-    ids = torch.stack([request.token_ids for request in requests])
-    positions = torch.stack([request.positions for request in requests])
-    bias = attention_bias(requests, prefix, steps, backend.device)
-    past = backend._batched_past(requests, prefix)
+    batch = build_batch(requests, backend._shape(requests), backend.device, backend.dtype)
 
     def run() -> None:
-        hidden, _ = backend._forward(ids, positions, bias, past, False)
+        hidden, _ = backend._forward(batch.input_ids, batch.positions, batch.bias, batch.past, False)
         backend._to_logits(hidden)
 
     return run

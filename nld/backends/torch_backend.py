@@ -1,14 +1,17 @@
-"""The reference step backend: runs NLDTransformer in PyTorch on CPU or CUDA."""
+"""The reference backend: runs NLDTransformer in PyTorch on CPU or CUDA, eagerly or compiled."""
 
 from __future__ import annotations
 
 import torch
 
-from nld.backends.padded import PaddedBatchBackend
+from nld.backends.compiled import MIN_DYNAMIC, CompiledSteps, decode_widths, row_bucket
+from nld.backends.padded import PaddedBatchBackend, StepShape
 from nld.checkpoint import Checkpoint
 from nld.config import NLDConfig
 from nld.errors import NLDError
 from nld.model import KV, NLDTransformer
+from nld.modes.quadratic_spec import default_block
+from nld.step import StepRequest
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -23,30 +26,65 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 class TorchBackend(PaddedBatchBackend):
-    """Step backend over the PyTorch reference model."""
+    """Step backend over the PyTorch reference model. With `compiled`, steps of the compiled widths run
+    as torch.compile'd static-shape graphs (nld/backends/compiled.py); the others, eagerly."""
 
     name = "torch"
 
-    def __init__(self, model: NLDTransformer) -> None:
+    def __init__(self, model: NLDTransformer, compiled: CompiledSteps | None = None) -> None:
         self.model = model
         self.config: NLDConfig = model.config
         self.device = model.encoder.embed_tokens.weight.device
         self.dtype = model.encoder.embed_tokens.weight.dtype
         self.has_adapter = model.has_adapter
+        self.compiled = compiled
+        self._bucketed: StepShape | None = None
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, dtype: str = "float32", device: str = "cpu") -> TorchBackend:
-        """Build the reference model from a loaded checkpoint on `device` (cpu, cuda, cuda:N) in `dtype`."""
+    def from_checkpoint(
+        cls, checkpoint: Checkpoint, dtype: str = "float32", device: str = "cpu", compile: bool = False
+    ) -> TorchBackend:
+        """Build the reference model from a loaded checkpoint on `device` (cpu, cuda, cuda:N) in `dtype`;
+        `compile` runs the decode steps as compiled graphs."""
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise NLDError(f"device '{device}' requested but this torch build sees no CUDA device")
-        return cls(NLDTransformer.from_checkpoint(checkpoint, resolve_dtype(dtype), device))
+        model = NLDTransformer.from_checkpoint(checkpoint, resolve_dtype(dtype), device)
+        return cls(model, compiled_steps(model) if compile else None)
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent compiling so far (0 when eager)."""
+        return sum(record.seconds for record in self.compiled.records) if self.compiled else 0.0
+
+    def _shape(self, requests: list[StepRequest]) -> StepShape:
+        exact = super()._shape(requests)
+        self._bucketed = None
+        if self.compiled is None:
+            return exact
+        width = self.compiled.width(exact.width)
+        store = requests[0].cache.store
+        shared = all(request.cache.store is store for request in requests)
+        rows = row_bucket(exact.rows, store.slots if shared and store.slots >= exact.rows else None)
+        prefix = self.compiled.prefix(exact.prefix, store.capacity if shared else exact.prefix)
+        if width is None or prefix < MIN_DYNAMIC:
+            return exact
+        self._bucketed = StepShape(rows, width, prefix)
+        return self._bucketed
 
     def _forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, past: list[KV], adapter: bool
     ) -> tuple[torch.Tensor, list[KV]]:
         with torch.inference_mode():
-            return self.model(input_ids, positions, bias, past, adapter)
+            if self._bucketed is not None and self.compiled is not None:
+                return self.compiled(input_ids, positions, bias, past, adapter)
+            return self.model(input_ids, positions, bias, past, adapter, split_attention=True)
 
     def _to_logits(self, outputs: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self.model.logits(outputs).float()
+
+
+def compiled_steps(model: NLDTransformer) -> CompiledSteps:
+    """The compiled step network of `model` for the modes' default decode widths."""
+    config = model.config
+    return CompiledSteps(model, decode_widths(config.block_size, default_block(config.block_size)))

@@ -38,25 +38,36 @@ from nld.step import PartialStepError, StepBackend, StepRequest, StepResult
 LOG = logging.getLogger("nld.engine")
 AUTO = "auto"
 SPECULATIVE_MODE = "linear-spec"
-SHARED_WIDTH = 64  # steps up to this many tokens share one forward; wider ones group by power of two
+SHARED_WIDTH = 64  # on a GPU, steps up to this many tokens share one forward (a wider step costs about the same)
 COST_SMOOTHING = 0.5  # weight of the newest forward in a group's running cost estimate
 
 
-def width_bucket(tokens: int) -> int:
-    """The forward a step of `tokens` tokens joins: all steps up to SHARED_WIDTH share one, wider steps
-    share one with steps of the same power-of-two width."""
-    return max(SHARED_WIDTH, 1 << (tokens - 1).bit_length())
+def width_bucket(tokens: int, shared: int = SHARED_WIDTH) -> int:
+    """The forward a step of `tokens` tokens joins: all steps up to `shared` tokens share one, wider steps
+    share one with steps of the same power-of-two width. On a CPU, where a forward costs in proportion to
+    its tokens, `shared` is 1: a 1-token AR step is never padded to a block's width."""
+    return max(shared, 1 << (tokens - 1).bit_length())
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """max_batch: requests running at once. kv_blocks x kv_block_tokens: the KV pool.
+    """max_batch: requests running at once. kv_blocks x kv_block_tokens: the KV pool, preallocated as one
+    slot per running request (a request may use kv_blocks x kv_block_tokens / max_batch positions).
     auto_threshold: mode `auto` speculates while fewer requests than this are running, else runs AR."""
 
     max_batch: int = 16
     kv_blocks: int = 1024
     kv_block_tokens: int = 16
     auto_threshold: int = 4
+
+    def __post_init__(self) -> None:
+        if min(self.max_batch, self.kv_blocks, self.kv_block_tokens) < 1:
+            raise ValueError(f"max_batch, kv_blocks and kv_block_tokens must be >= 1: {self}")
+        if self.kv_blocks < self.max_batch:
+            raise ValueError(
+                f"kv_blocks ({self.kv_blocks}) must be >= max_batch ({self.max_batch}): each running request "
+                "holds a slot of kv_blocks / max_batch blocks"
+            )
 
 
 @dataclass
@@ -104,7 +115,8 @@ class Engine:
         self.backend = backend
         self.tokenizer = tokenizer
         self.settings = settings or EngineSettings()
-        self.pool = KVPool(backend, self.settings.kv_blocks, self.settings.kv_block_tokens)
+        self.pool = KVPool(backend, self.settings.kv_blocks, self.settings.kv_block_tokens, self.settings.max_batch)
+        self._shared_width = getattr(backend, "shared_width", SHARED_WIDTH)
         self.metrics: Counter[str] = Counter()
         self._incoming: list[_Running] = []  # guarded by _wake; moved to _waiting by the stepping thread
         self._waiting: deque[_Running] = deque()
@@ -168,7 +180,7 @@ class Engine:
         groups: dict[tuple[bool, int], list[_Running]] = {}
         for request in self._running:
             assert request.pending is not None
-            key = (request.pending.adapter, width_bucket(request.pending.token_ids.shape[0]))
+            key = (request.pending.adapter, width_bucket(request.pending.token_ids.shape[0], self._shared_width))
             groups.setdefault(key, []).append(request)
         for key, members in self._due(groups).items():
             self._run(key, members)

@@ -88,6 +88,8 @@ def kv_keep_(values: torch.Tensor, starts: torch.Tensor, offsets: torch.Tensor, 
     (quadratic mode's stride-(B+1) gather). Returns the new lengths starts + counts (int64 [S])."""
     for sequence in range(values.shape[0]):
         kept = int(counts[sequence])
+        if kept == 0:
+            continue
         start = int(starts[sequence])
         source = offsets[sequence, :kept].to(values.device) + start
         values[sequence, :, start : start + kept] = values[sequence, :, source]

@@ -7,7 +7,7 @@ import torch
 
 from nld.kv_cache import CacheFullError, KVCache
 from nld.sampling import Sampler
-from nld.step import StepRequest, bidirectional, causal
+from nld.step import PartialStepError, StepRequest, bidirectional, causal
 from tests.conftest import DEVICES
 from tests.nld.helpers import backend_for, raw_step
 
@@ -89,3 +89,70 @@ def test_keep_selected_positions_equals_causal_cache(device: str) -> None:
     after_keep = raw_step(backend, cache, [50], causal(1))
     fresh = raw_step(backend, backend.new_cache(6), [*prompt, d0, d1, 50], causal(6))
     torch.testing.assert_close(after_keep, fresh[-1:], atol=1e-5, rtol=0)
+
+
+def _step(cache: KVCache, tokens: list[int], visibility: torch.Tensor, write: bool = True) -> StepRequest:
+    ids = torch.tensor(tokens)
+    positions = torch.arange(cache.length, cache.length + len(tokens))
+    return StepRequest(cache, ids, positions, visibility, Sampler(), write_cache=write, return_logits=True)
+
+
+def test_caches_of_a_store_are_views_of_it_and_steps_read_them_in_place() -> None:
+    backend = backend_for("tiny_b8")
+    store = backend.new_store(slots=4, capacity=32)
+    caches = [store.cache(slot) for slot in range(3)]
+    prompts = [[1, 2, 3, 4, 5], [9, 8], [20, 21, 22]]
+    gathered = backend.gathered_steps
+    # A batched prefill of three neighbouring slots writes every cache in its own slot of the store ...
+    backend.step([_step(cache, prompt, causal(len(prompt))) for cache, prompt in zip(caches, prompts, strict=True)])
+    for cache, prompt in zip(caches, prompts, strict=True):
+        assert cache.length == len(prompt)
+        assert cache.keys.data_ptr() == store.keys[:, cache.slot].data_ptr()
+        assert cache.keys[:, :, : len(prompt)].abs().sum() > 0 and cache.keys[:, :, len(prompt) :].abs().sum() == 0
+    # ... and a batched step over them reads the store in place and equals each cache decoded alone.
+    steps = [([40], causal(1)), ([41, 100, 100], bidirectional(3)), ([42, 43], causal(2))]
+    batched = backend.step([_step(c, t, v, write=False) for c, (t, v) in zip(caches, steps, strict=True)])
+    assert backend.gathered_steps == gathered
+    for prompt, result, (tokens, visibility) in zip(prompts, batched, steps, strict=True):
+        fresh = backend.new_cache(16)
+        raw_step(backend, fresh, prompt, causal(len(prompt)), write=True)
+        torch.testing.assert_close(result.logits, raw_step(backend, fresh, tokens, visibility), atol=1e-5, rtol=0)
+
+
+def test_slots_too_far_apart_are_gathered_and_give_the_same_result() -> None:
+    backend = backend_for("tiny_b8")
+    store = backend.new_store(slots=4, capacity=16)
+    first, last = store.cache(0), store.cache(3)
+    for cache in (first, last):
+        backend.step([_step(cache, [5, 6, 7], causal(3))])
+    gathered = backend.gathered_steps
+    spread = backend.step([_step(first, [8], causal(1), False), _step(last, [9], causal(1), False)])
+    assert backend.gathered_steps == gathered + 1  # slots 0 and 3 lie further apart than two rows
+    for result, token in zip(spread, (8, 9), strict=True):
+        fresh = backend.new_cache(8)
+        raw_step(backend, fresh, [5, 6, 7], causal(3), write=True)
+        torch.testing.assert_close(result.logits, raw_step(backend, fresh, [token], causal(1)), atol=1e-5, rtol=0)
+
+
+def test_moving_a_cache_keeps_its_tokens_and_later_steps_equal() -> None:
+    backend = backend_for("tiny_b8")
+    store = backend.new_store(slots=3, capacity=16)
+    cache = store.cache(2)
+    backend.step([_step(cache, [5, 6, 7, 8], causal(4))])
+    before = raw_step(backend, cache, [9], causal(1))
+    store.move(cache, 0)
+    assert cache.slot == 0 and cache.length == 4
+    torch.testing.assert_close(raw_step(backend, cache, [9], causal(1)), before, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="another store"):
+        backend.new_store(1, 16).move(cache, 0)
+
+
+def test_a_write_past_the_capacity_fails_that_request_alone() -> None:
+    backend = backend_for("tiny_b8")
+    store = backend.new_store(slots=2, capacity=8)
+    roomy, full = store.cache(0), store.cache(1)
+    backend.step([_step(full, [1, 2, 3, 4, 5, 6], causal(6))])
+    with pytest.raises(PartialStepError) as raised:
+        backend.step([_step(roomy, [1, 2, 3], causal(3)), _step(full, [7, 8, 9], causal(3))])
+    assert isinstance(raised.value.errors[1], CacheFullError) and "capacity 8" in str(raised.value.errors[1])
+    assert roomy.length == 3 and full.length == 6

@@ -22,11 +22,13 @@ def test_width_buckets() -> None:
     assert {width_bucket(w) for w in (1, 8, SHARED_WIDTH)} == {SHARED_WIDTH}
     assert width_bucket(SHARED_WIDTH + 1) == 2 * SHARED_WIDTH
     assert width_bucket(32 * 33) == 2048
+    # On a CPU (shared width 1) a narrow step never joins a wider one's forward.
+    assert [width_bucket(w, 1) for w in (1, 2, 8, 9, 72)] == [1, 2, 8, 16, 128]
 
 
 def test_a_cheap_request_outpaces_an_expensive_one_and_both_stay_exact() -> None:
     backend = backend_for(CASE)
-    engine = Engine(backend, EngineSettings(max_batch=4))
+    engine = Engine(backend, EngineSettings(max_batch=4, kv_blocks=4096))  # a slot of 16384 positions
     collector = Collector()
     cheap_prompt, wide_prompt = prompts(2, backend.config.vocab_size)
     wide = GenerationParams(max_new_tokens=4000, block_length=BLOCK_LENGTH_CAP["quadratic-spec"])

@@ -98,11 +98,11 @@ def test_cancel_stops_within_one_step_and_frees_kv() -> None:
 
 def test_requests_wait_for_kv_blocks_and_all_finish() -> None:
     backend = backend_for(CASE)
-    engine = Engine(backend, EngineSettings(kv_blocks=6, kv_block_tokens=16))  # room for one request at a time
+    engine = Engine(backend, EngineSettings(max_batch=2, kv_blocks=12, kv_block_tokens=16))  # two slots
     collector = Collector()
     ids = [engine.submit(p, "ar", GenerationParams(40), collector.listen) for p in prompts(3, 64)]
     engine.step()
-    assert engine.running == 1
+    assert engine.running == 2 and engine.pool.free_blocks == 0
     while engine.busy:
         engine.step()
     assert all(len(collector.final(i).generation.new_ids) == 40 for i in ids)  # type: ignore[union-attr]
@@ -136,8 +136,8 @@ def test_bad_requests_name_the_parameter(prompt: list[int], mode: str, params: G
 
 
 def test_a_request_larger_than_the_pool_is_refused() -> None:
-    engine = Engine(backend_for(CASE), EngineSettings(kv_blocks=2, kv_block_tokens=16))
-    with pytest.raises(ParameterError, match="the pool holds 32") as raised:
+    engine = Engine(backend_for(CASE), EngineSettings(max_batch=2, kv_blocks=4, kv_block_tokens=16))
+    with pytest.raises(ParameterError, match="has room for 32") as raised:
         engine.submit([5, 6, 7], "ar", GenerationParams(64), lambda update: None)
     assert raised.value.field == "max_new_tokens"
 
@@ -161,3 +161,26 @@ def test_background_thread_serves_submissions() -> None:
         assert box[0].generation.new_ids == generate(backend, prompt, "diffusion", GenerationParams(16)).new_ids  # type: ignore[union-attr]
     finally:
         engine.stop()
+
+
+def test_running_requests_keep_their_caches_at_the_front_of_the_store_and_steps_read_them_in_place() -> None:
+    backend = backend_for(CASE)
+    engine = Engine(backend, EngineSettings(max_batch=4, kv_blocks=64))
+    collector = Collector()
+    lengths = [6, 30, 12, 9, 20, 7]  # requests end at different times: slots free up in the middle
+    params = [GenerationParams(max_new_tokens=n) for n in lengths]
+    gathered = backend.gathered_steps
+    ids = [engine.submit(p, "ar", q, collector.listen) for p, q in zip(prompts(6, 64), params, strict=True)]
+    while engine.busy:
+        engine.step()
+        slots = sorted(request.lease.cache.slot for request in engine._running)  # type: ignore[union-attr]
+        assert slots == list(range(len(slots)))  # compacted after every end
+    assert backend.gathered_steps == gathered  # every batched AR step read its caches as one view
+    for request_id, prompt, param in zip(ids, prompts(6, 64), params, strict=True):
+        assert collector.final(request_id).generation.new_ids == generate(backend, prompt, "ar", param).new_ids  # type: ignore[union-attr]
+    assert engine.pool.free_blocks == engine.pool.total_blocks
+
+
+def test_engine_settings_that_leave_a_running_request_no_room_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"kv_blocks \(8\) must be >= max_batch \(16\)"):
+        EngineSettings(max_batch=16, kv_blocks=8)
