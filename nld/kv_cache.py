@@ -86,12 +86,12 @@ class KVStore:
         cache.slot = slot
 
     def write(self, slots: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Write N tokens' K/V, given per layer as keys/values [layers, N, KVH, D], at (slots[i],
-        positions[i]) of every layer: two index operations, whatever the number of sequences."""
+        """Write N tokens' K/V, keys/values [N, layers, KVH, D], at (slots[i], positions[i]) of every layer:
+        two index operations, whatever the number of sequences."""
         index = (slots.to(self.keys.device), positions.to(self.keys.device))
         for store, new in ((self.keys, keys), (self.values, values)):
             # [layers, slots, KVH, capacity, D] -> [slots, capacity, layers, KVH, D] (a view)
-            store.permute(1, 3, 0, 2, 4).index_put_(index, new.permute(1, 0, 2, 3).to(store.dtype))
+            store.permute(1, 3, 0, 2, 4).index_put_(index, new.to(store.dtype))
 
 
 class KVCache:

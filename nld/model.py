@@ -19,6 +19,18 @@ from nld.rope import RotaryEmbedding, apply_rotary
 KV = tuple[torch.Tensor, torch.Tensor]
 
 
+def fuse_linears(*linears: nn.Linear) -> torch.Tensor:
+    """One weight matrix stacking the linears' weights; each linear's weight becomes a view of its rows,
+    so the model holds the weights once and its state dict is unchanged."""
+    fused = torch.cat([linear.weight.detach() for linear in linears])
+    start = 0
+    for linear in linears:
+        rows = linear.weight.shape[0]
+        linear.weight = nn.Parameter(fused[start : start + rows], requires_grad=False)
+        start += rows
+    return fused
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm computed in float32, as Ministral-3 does."""
 
@@ -28,10 +40,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # the same arithmetic, one kernel
+            return F.rms_norm(x, (x.shape[-1],), self.weight, eps=self.eps)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)  # x * rsqrt(mean(x^2) + eps) in float32
+        return self.weight * normed.to(x.dtype)
 
 
 def split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: KV, bias: torch.Tensor) -> torch.Tensor:
@@ -65,6 +77,19 @@ class Attention(nn.Module):
         self.lora_a: torch.Tensor | None = None
         self.lora_b: torch.Tensor | None = None
         self.lora_scaling = 0.0
+        self.qkv: torch.Tensor | None = None  # q/k/v weights as one matrix, once fused (fuse_projections)
+
+    def fuse(self) -> None:
+        """Compute q, k and v with one matrix product: their weights become views of one [q; k; v] matrix."""
+        self.qkv = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of `x` [B, T, hidden], each [B, T, heads x D]."""
+        if self.qkv is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        kv_width = self.kv_heads * self.head_dim
+        q, k, v = F.linear(x, self.qkv).split((self.heads * self.head_dim, kv_width, kv_width), dim=-1)
+        return q, k, v
 
     def forward(
         self,
@@ -77,9 +102,10 @@ class Attention(nn.Module):
         split: bool = False,
     ) -> tuple[torch.Tensor, KV]:
         batch, steps, _ = x.shape
-        q = self.q_proj(x).view(batch, steps, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(batch, steps, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(batch, steps, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.project(x)
+        q = q.reshape(batch, steps, self.heads, self.head_dim).transpose(1, 2)
+        k = k.reshape(batch, steps, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.reshape(batch, steps, self.kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = rotary
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if query_scale is not None:
@@ -102,9 +128,17 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_up: torch.Tensor | None = None  # gate and up weights as one matrix, once fused
+
+    def fuse(self) -> None:
+        """Compute gate and up with one matrix product (their weights become views of one matrix)."""
+        self.gate_up = fuse_linears(self.gate_proj, self.up_proj)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = F.linear(x, self.gate_up).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -151,6 +185,13 @@ class NLDTransformer(nn.Module):
         if checkpoint.adapter is not None:
             model.attach_adapter(checkpoint.adapter)
         return model.eval()
+
+    def fuse_projections(self) -> None:
+        """Fuse q/k/v and gate/up into one matrix product each (runtime only: ModelOpt and the exported
+        graph see the separate projections of a model that was not fused)."""
+        for layer in self.encoder.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
 
     def attach_adapter(self, adapter: LoraAdapter) -> None:
         """Install the o_proj LoRA; it is applied only in forwards called with `adapter=True`."""

@@ -64,7 +64,7 @@ def forward_only(backend: TorchBackend, requests: list[StepRequest]) -> object:
     batch = build_batch(requests, backend._shape(requests), backend.device, backend.dtype)
 
     def run() -> None:
-        hidden, _ = backend._forward(batch.input_ids, batch.positions, batch.bias, batch.past, False)
+        hidden, _ = backend._forward(batch, False)
         backend._to_logits(hidden)
 
     return run

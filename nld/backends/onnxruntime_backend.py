@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from nld.backends.padded import PaddedBatchBackend
+from nld.backends.padded import PaddedBatchBackend, StepBatch
 from nld.backends.torch_backend import resolve_dtype
 from nld.checkpoint import Checkpoint
 from nld.config import NLDConfig
@@ -99,14 +99,16 @@ class OnnxRuntimeBackend(PaddedBatchBackend):
             if onnx_dir is None:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def _forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, past: list[KV], adapter: bool
-    ) -> tuple[torch.Tensor, list[KV]]:
-        arrays = [input_ids, positions, bias.to(self.dtype)] + [t.contiguous() for pair in past for t in pair]
+    def _forward(self, batch: StepBatch, adapter: bool) -> tuple[torch.Tensor, KV]:
+        past = [t.contiguous() for layer in zip(batch.past_keys, batch.past_values, strict=True) for t in layer]
+        arrays = [batch.input_ids, batch.positions, batch.bias.to(self.dtype), *past]
         feeds = {name: tensor.numpy() for name, tensor in zip(self.input_names, arrays, strict=True)}
         outputs = [torch.from_numpy(array) for array in self.sessions[adapter].run(self.output_names, feeds)]
-        presents = [(outputs[1 + 2 * i], outputs[2 + 2 * i]) for i in range(self.config.num_hidden_layers)]
-        return outputs[0], presents
+        layers = range(self.config.num_hidden_layers)
+        return outputs[0], (
+            torch.stack([outputs[1 + 2 * i] for i in layers]),
+            torch.stack([outputs[2 + 2 * i] for i in layers]),
+        )
 
     def _to_logits(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.float()

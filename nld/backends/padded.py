@@ -22,6 +22,8 @@ from nld.penalties import apply_penalties
 from nld.sampling import row_logprobs, select_tokens
 from nld.step import PartialStepError, StepRequest, StepResult
 
+SelectedIds = tuple[torch.Tensor, torch.Tensor]  # (ids, confidence) of a request's wanted rows
+
 
 @dataclass(frozen=True)
 class StepShape:
@@ -40,7 +42,8 @@ class StepBatch:
     input_ids: torch.Tensor  # [rows, width] int64
     positions: torch.Tensor  # [rows, width] int64
     bias: torch.Tensor  # [rows, 1, width, prefix + width] float32: 0 where attending, -inf elsewhere
-    past: list[KV]  # per layer [rows, KVH, prefix, D]
+    past_keys: torch.Tensor  # [layers, rows, KVH, prefix, D]
+    past_values: torch.Tensor
     row_of: list[int]
     in_place: bool
 
@@ -111,29 +114,24 @@ def build_batch(requests: list[StepRequest], shape: StepShape, device: torch.dev
     if first is not None:
         store = requests[0].cache.store
         window = slice(first, first + shape.rows)
-        past = [
-            (store.keys[layer, window, :, : shape.prefix], store.values[layer, window, :, : shape.prefix])
-            for layer in range(store.layers)
-        ]
+        keys, values = store.keys[:, window, :, : shape.prefix], store.values[:, window, :, : shape.prefix]
     else:
-        past = _gathered_past(requests, shape, dtype, device)
-    return StepBatch(input_ids.to(device), positions.to(device), bias.to(device), past, row_of, in_place)
+        keys, values = _gathered_past(requests, shape, dtype, device)
+    return StepBatch(input_ids.to(device), positions.to(device), bias.to(device), keys, values, row_of, in_place)
 
 
-def _gathered_past(requests: list[StepRequest], shape: StepShape, dtype: torch.dtype, device: torch.device) -> list[KV]:
-    """A padded copy of the requests' committed K/V, per layer [rows, KVH, prefix, D]."""
+def _gathered_past(requests: list[StepRequest], shape: StepShape, dtype: torch.dtype, device: torch.device) -> KV:
+    """A padded copy of the requests' committed K/V, [layers, rows, KVH, prefix, D] each."""
     store = requests[0].cache.store
-    past = []
-    for layer in range(store.layers):
-        size = (shape.rows, store.keys.shape[2], shape.prefix, store.keys.shape[4])
-        keys = torch.zeros(size, dtype=dtype, device=device)
-        values = torch.zeros_like(keys)
-        for row, request in enumerate(requests):
-            key, value = request.cache.layer(layer)
-            keys[row, :, : key.shape[1]] = key
-            values[row, :, : value.shape[1]] = value
-        past.append((keys, values))
-    return past
+    size = (store.layers, shape.rows, store.keys.shape[2], shape.prefix + 1, store.keys.shape[4])
+    # views, as a store's past is (a compiled graph is guarded on its inputs' dispatch keys)
+    keys = torch.zeros(size, dtype=dtype, device=device)[..., : shape.prefix, :]
+    values = torch.zeros(size, dtype=dtype, device=device)[..., : shape.prefix, :]
+    for row, request in enumerate(requests):
+        length = request.cache.length
+        keys[:, row, :, :length] = request.cache.keys[:, :, :length]
+        values[:, row, :, :length] = request.cache.values[:, :, :length]
+    return keys, values
 
 
 class PaddedBatchBackend:
@@ -147,10 +145,8 @@ class PaddedBatchBackend:
     has_adapter: bool
     gathered_steps: int = 0  # steps whose past could not be read in place (copied)
 
-    def _forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, past: list[KV], adapter: bool
-    ) -> tuple[torch.Tensor, list[KV]]:
-        """(per-token outputs [B, T, ...], presents per layer [B, KVH, T, D])."""
+    def _forward(self, batch: StepBatch, adapter: bool) -> tuple[torch.Tensor, KV]:
+        """(per-token outputs [B, T, ...], (present keys, present values) [layers, B, KVH, T, D]) of a batch."""
         raise NotImplementedError
 
     def _to_logits(self, outputs: torch.Tensor) -> torch.Tensor:
@@ -186,13 +182,15 @@ class PaddedBatchBackend:
         batch = build_batch(requests, self._shape(requests), self.device, self.dtype)
         if not batch.in_place:
             self.gathered_steps += 1
-        outputs, presents = self._forward(batch.input_ids, batch.positions, batch.bias, batch.past, adapters.pop())
+        outputs, presents = self._forward(batch, adapters.pop())
+        logits = self._wanted_logits(requests, batch, outputs)
         results: list[StepResult | None] = []
         errors: dict[int, Exception] = {}
         writes: list[tuple[StepRequest, int]] = []
+        greedy = self._greedy_selection(requests, logits)
         for index, (request, row) in enumerate(zip(requests, batch.row_of, strict=True)):
             try:  # one request's selection or cache room failing must not fail the others
-                result = self._result(request, row, outputs)
+                result = self._result(request, logits[index], greedy.get(index))
                 if request.write_cache:
                     request.cache.check_room(request.token_ids.shape[0])
             except Exception as error:
@@ -207,7 +205,36 @@ class PaddedBatchBackend:
             raise PartialStepError(results, errors)
         return results  # type: ignore[return-value]
 
-    def _write(self, writes: list[tuple[StepRequest, int]], presents: list[KV]) -> None:
+    def _wanted_logits(
+        self, requests: list[StepRequest], batch: StepBatch, outputs: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """float32 logits of each request's wanted rows, computed for all requests at once (one head
+        product per step, not one per request)."""
+        width = outputs.shape[1]
+        picks, counts = [], []
+        for request, row in zip(requests, batch.row_of, strict=True):
+            own = torch.arange(request.token_ids.shape[0]) if request.rows is None else request.rows.cpu()
+            own = torch.where(own < 0, own + request.token_ids.shape[0], own)  # rows may count from the end
+            picks.append(own + row * width)
+            counts.append(own.shape[0])
+        flat = outputs.reshape(-1, *outputs.shape[2:])
+        every = self._to_logits(flat[torch.cat(picks).to(flat.device)])
+        return list(every.split(counts))
+
+    def _greedy_selection(self, requests: list[StepRequest], logits: list[torch.Tensor]) -> dict[int, SelectedIds]:
+        """The selections of the requests that decode greedily without penalties, made in one call."""
+        plain = [i for i, request in enumerate(requests) if _plain_greedy(request)]
+        banned = {requests[i].sampler.banned_ids for i in plain}
+        if len(plain) < 2 or len(banned) > 1:
+            return {}
+        try:
+            ids, confidence = select_tokens(torch.cat([logits[i] for i in plain]), requests[plain[0]].sampler)
+        except Exception:  # leave each to its own selection, which fails alone
+            return {}
+        sizes = [logits[i].shape[0] for i in plain]
+        return dict(zip(plain, zip(ids.split(sizes), confidence.split(sizes), strict=True), strict=True))
+
+    def _write(self, writes: list[tuple[StepRequest, int]], presents: KV) -> None:
         """Write the new tokens' K/V of every (request, batch row) in `writes` after its committed ones."""
         by_store: dict[int, list[tuple[StepRequest, int]]] = {}
         for request, row in writes:
@@ -221,24 +248,27 @@ class PaddedBatchBackend:
                 steps += range(count)
                 slots += [request.cache.slot] * count
                 positions += range(request.cache.length, request.cache.length + count)
-            take = (torch.tensor(rows, device=self.device), torch.tensor(steps, device=self.device))
-            keys = torch.stack([key.permute(0, 2, 1, 3)[take] for key, _ in presents])  # [layers, N, KVH, D]
-            values = torch.stack([value.permute(0, 2, 1, 3)[take] for _, value in presents])
+            row_index, step_index = torch.tensor(rows, device=self.device), torch.tensor(steps, device=self.device)
+            # [layers, rows, KVH, T, D][:, row, :, step] -> [N, layers, KVH, D] (advanced indices go first)
+            keys, values = (present[:, row_index, :, step_index] for present in presents)
             store.write(torch.tensor(slots), torch.tensor(positions), keys, values)
             for request, _ in members:
                 request.cache.length += request.token_ids.shape[0]
 
-    def _result(self, request: StepRequest, row: int, outputs: torch.Tensor) -> StepResult:
-        """Select the tokens of one request's rows of a batched forward."""
-        count = request.token_ids.shape[0]
-        own = outputs[row, :count]  # rows index the request's own tokens, not the padded batch
-        wanted = own if request.rows is None else own[request.rows.to(own.device)]
-        logits = self._to_logits(wanted)
-        scored = logits if request.penalties is None else apply_penalties(logits, request.penalties)
-        ids, confidence = select_tokens(scored, request.sampler)
+    def _result(self, request: StepRequest, logits: torch.Tensor, selected: SelectedIds | None) -> StepResult:
+        """Select the tokens of one request's wanted rows (`selected`: already chosen greedily)."""
+        if selected is None:
+            scored = logits if request.penalties is None else apply_penalties(logits, request.penalties)
+            selected = select_tokens(scored, request.sampler)
+        ids, confidence = selected
         logprobs = None
         if request.logprobs is not None:
             banned = request.sampler.banned_ids
             logprobs = row_logprobs(logits, ids, banned, request.logprobs, request.logprob_rows).cpu()
         # Results live on the host: policies are device-agnostic and read a few ids per token.
         return StepResult(ids.cpu(), confidence.cpu(), logits.cpu() if request.return_logits else None, logprobs)
+
+
+def _plain_greedy(request: StepRequest) -> bool:
+    """Whether a request's selection is the argmax of its logits alone (no penalties, no sampling)."""
+    return request.penalties is None and request.sampler.greedy and len(request.sampler.banned_ids) <= 1

@@ -17,7 +17,7 @@ from types import ModuleType
 
 import torch
 
-from nld.backends.padded import PaddedBatchBackend
+from nld.backends.padded import PaddedBatchBackend, StepBatch
 from nld.backends.torch_backend import resolve_dtype
 from nld.builder.engine_stage import GRAPHS
 from nld.builder.plan import step_tokens
@@ -172,13 +172,15 @@ class TensorRTBackend(PaddedBatchBackend):
         cache_dtype = _torch_dtype(engines[False].engine.get_tensor_dtype("past_key_values.0.key"))
         return cls(checkpoint.config, engines, cache_dtype)
 
-    def _forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, past: list[KV], adapter: bool
-    ) -> tuple[torch.Tensor, list[KV]]:
-        inputs = [input_ids, positions, bias.to(self.dtype)] + [t.contiguous() for pair in past for t in pair]
+    def _forward(self, batch: StepBatch, adapter: bool) -> tuple[torch.Tensor, KV]:
+        past = [t.contiguous() for layer in zip(batch.past_keys, batch.past_values, strict=True) for t in layer]
+        inputs = [batch.input_ids, batch.positions, batch.bias.to(self.dtype), *past]
         outputs = self.engines[adapter].run(inputs)
-        presents = [(outputs[1 + 2 * i], outputs[2 + 2 * i]) for i in range(self.config.num_hidden_layers)]
-        return outputs[0], presents
+        layers = range(self.config.num_hidden_layers)
+        return outputs[0], (
+            torch.stack([outputs[1 + 2 * i] for i in layers]),
+            torch.stack([outputs[2 + 2 * i] for i in layers]),
+        )
 
     def _to_logits(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.float()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from nld.backends.compiled import MIN_DYNAMIC, CompiledSteps, decode_widths, row_bucket
-from nld.backends.padded import PaddedBatchBackend, StepShape
+from nld.backends.compiled import MIN_DYNAMIC, CompiledSteps, decode_widths, row_bucket, step_network
+from nld.backends.padded import PaddedBatchBackend, StepBatch, StepShape
 from nld.checkpoint import Checkpoint
 from nld.config import NLDConfig
 from nld.errors import NLDError
@@ -49,6 +49,7 @@ class TorchBackend(PaddedBatchBackend):
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise NLDError(f"device '{device}' requested but this torch build sees no CUDA device")
         model = NLDTransformer.from_checkpoint(checkpoint, resolve_dtype(dtype), device)
+        model.fuse_projections()
         return cls(model, compiled_steps(model) if compile else None)
 
     @property
@@ -71,13 +72,12 @@ class TorchBackend(PaddedBatchBackend):
         self._bucketed = StepShape(rows, width, prefix)
         return self._bucketed
 
-    def _forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, bias: torch.Tensor, past: list[KV], adapter: bool
-    ) -> tuple[torch.Tensor, list[KV]]:
+    def _forward(self, batch: StepBatch, adapter: bool) -> tuple[torch.Tensor, KV]:
+        inputs = (batch.input_ids, batch.positions, batch.bias, batch.past_keys, batch.past_values)
         with torch.inference_mode():
             if self._bucketed is not None and self.compiled is not None:
-                return self.compiled(input_ids, positions, bias, past, adapter)
-            return self.model(input_ids, positions, bias, past, adapter, split_attention=True)
+                return self.compiled(*inputs, adapter)
+            return step_network(self.model, *inputs, adapter)
 
     def _to_logits(self, outputs: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -87,4 +87,5 @@ class TorchBackend(PaddedBatchBackend):
 def compiled_steps(model: NLDTransformer) -> CompiledSteps:
     """The compiled step network of `model` for the modes' default decode widths."""
     config = model.config
-    return CompiledSteps(model, decode_widths(config.block_size, default_block(config.block_size)))
+    widths = decode_widths(config.block_size, default_block(config.block_size))
+    return CompiledSteps(model, widths, config.block_size)

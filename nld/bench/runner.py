@@ -52,6 +52,7 @@ def run_point(
     """Benchmark one mode at one concurrency; returns its record (metrics.summarize)."""
     timed = TimedBackend(backend)
     engine = Engine(timed, EngineSettings(max_batch=point.concurrency))  # type: ignore[arg-type]
+    engine.warm_up()  # compiled backends: every step shape of this point, outside the measurement
     params = GenerationParams(max_new_tokens=max_new_tokens, block_length=block_length if point.mode != "ar" else None)
     _drive(engine, prompts[:warmup], point, params, None)  # compile / allocate outside the measurement
     timed.seconds = 0.0

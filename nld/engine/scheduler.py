@@ -128,6 +128,16 @@ class Engine:
         self._clock = 0.0  # the least charge of any running request, as of the last round
         self._costs: dict[tuple[bool, int], float] = {}  # seconds per forward, by group
 
+    def warm_up(self) -> float:
+        """Compile every step shape this engine may run now, when its backend compiles steps (instead of
+        on first use, which stalls the step that needs it); returns the seconds it took (0: nothing to do)."""
+        compiled = getattr(self.backend, "compiled", None)
+        if compiled is None:
+            return 0.0
+        began = time.perf_counter()
+        compiled.warm_up(compiled.buckets(self.settings.max_batch, self.backend.has_adapter), self.pool.store)
+        return time.perf_counter() - began
+
     # -- submission ---------------------------------------------------------------------------------
     def submit(
         self,
