@@ -79,6 +79,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "--dtype", help=f"one of {', '.join(DTYPES)} (or fp32, bf16, fp16) (default: the build's, else float32)"
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="torch backend: run the decode steps as compiled static-shape graphs (CUDA graphs on a GPU); "
+        "compiling takes seconds per step shape (default: off; docs/bench.md measures both)",
+    )
 
 
 def _model_dir(args: argparse.Namespace) -> str:
@@ -109,7 +115,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     """`nld eval`: held-out prompts from the stdlib corpus's held-out split, every mode, table + JSON."""
     model = _model_dir(args)
-    backend = load_backend(model, args.backend, args.dtype, args.device, not args.no_lora, args.build)
+    backend = load_backend(model, args.backend, args.dtype, args.device, not args.no_lora, args.build, args.compile)
     tokenizer = NLDTokenizer.from_dir(model)
     if tokenizer is None:
         raise NLDError(f"{model}: no tokenizer.json; nld eval draws held-out prompts as text")
@@ -135,7 +141,7 @@ def run_generate(args: argparse.Namespace) -> int:
     model = _model_dir(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NonFiniteWeightsWarning)
-        backend = load_backend(model, args.backend, args.dtype, args.device, not args.no_lora, args.build)
+        backend = load_backend(model, args.backend, args.dtype, args.device, not args.no_lora, args.build, args.compile)
     for warning in caught:  # a NaN/Inf tensor: one line, then generate anyway; other warnings as usual
         if issubclass(warning.category, NonFiniteWeightsWarning):
             print(f"nld: warning: {warning.message}; generating anyway", file=sys.stderr)
@@ -185,6 +191,9 @@ def run_generate(args: argparse.Namespace) -> int:
         "finish_reason": result.finish_reason,
         "seconds": round(result.seconds, 4),
     }
+    compiled = getattr(backend, "compiled", None)
+    if compiled is not None:  # the first step of each shape compiled it: part of `seconds`
+        record["compile_seconds"] = round(backend.compile_seconds, 2)  # type: ignore[attr-defined]
     if tokenizer is not None:
         record["text"] = result.text
     if result.logprobs is not None:
@@ -199,7 +208,8 @@ def run_generate(args: argparse.Namespace) -> int:
             print(" ".join(map(str, result.new_ids)))
         print(
             f"[{args.mode}] {len(result.new_ids)} tokens, nfe {result.nfe}, "
-            f"{record['tokens_per_forward']} tokens/forward, {record['seconds']} s ({result.finish_reason})",
+            f"{record['tokens_per_forward']} tokens/forward, {record['seconds']} s ({result.finish_reason})"
+            + (f", {record['compile_seconds']} s of it compiling" if compiled is not None else ""),
             file=sys.stderr,
         )
         if result.logprobs is not None:

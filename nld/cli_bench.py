@@ -86,7 +86,7 @@ def add_bench_command(
             tokenizer = NLDTokenizer.from_dir(model)
             if tokenizer is None:
                 raise NLDError(f"{model}: no tokenizer.json; the benchmark prompts are text")
-            backend = load_backend(model, args.backend, args.dtype, args.device, True, args.build)
+            backend = load_backend(model, args.backend, args.dtype, args.device, True, args.build, args.compile)
             measure = in_process(backend, tokenizer, prompts, settings)
             context = {"model": model, "backend": args.backend, "dtype": args.dtype, "device": args.device}
         records = run_sweep(measure, len(prompts), settings)

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from nld.bench.crossover import read_auto_threshold
@@ -16,7 +17,13 @@ from nld.errors import NLDError
 from nld.serving.client import NLDClient
 from nld.serving.inputs import REQUEST_MODES
 from nld.serving.openai_server import ROUTER_FLAGS, OpenAIServer, OpenAISettings
-from nld.serving.repository import RepositorySettings, check_servable, has_tokenizer, write_repository
+from nld.serving.repository import (
+    RepositorySettings,
+    check_servable,
+    compile_setting,
+    has_tokenizer,
+    write_repository,
+)
 from nld.serving.served_names import default_served_name
 from nld.serving.server import ServerSettings, TritonServer
 
@@ -124,6 +131,7 @@ def run_repo(args: argparse.Namespace, model_dir: str) -> int:
         default_mode=args.default_mode,
         default_max_tokens=args.default_max_tokens,
         auto_threshold=args.auto_threshold,
+        compile=compile_setting(args.compile),
     )
     check_servable(settings, needs_tokenizer=False)
     if not has_tokenizer(settings):
@@ -156,10 +164,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_serve_openai(args: argparse.Namespace, model_dir: str) -> int:
     build = str(args.build.resolve()) if args.build else ""
-    check_servable(RepositorySettings(model_dir, args.backend, build, args.dtype, args.device))  # before any start
+    servable = RepositorySettings(model_dir, args.backend, build, args.dtype, args.device)
+    check_servable(replace(servable, compile=compile_setting(args.compile)))  # before any start
     options = ["--model", model_dir, "--backend", args.backend, "--dtype", args.dtype, "--device", args.device]
     options += ["--default-mode", args.default_mode, "--max-batch", str(args.max_batch)]
     options += ["--kv-blocks", str(args.kv_blocks), "--auto-threshold", str(args.auto_threshold)]
+    if args.compile is not None:
+        options.append("--compile" if args.compile else "--no-compile")
     if build:
         options += ["--build", build]
     settings = OpenAISettings(

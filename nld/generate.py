@@ -50,15 +50,22 @@ def load_backend(
     device: str = "cpu",
     adapter: bool = True,
     build_dir: str | Path | None = None,
+    compile: bool | None = None,
 ) -> StepBackend:
     """Load a checkpoint folder onto a step backend; `build_dir` (an nld-build output) lets onnxruntime
-    reuse its ONNX graphs and tensorrt its engines instead of exporting/building on the fly."""
+    reuse its ONNX graphs and tensorrt its engines instead of exporting/building on the fly. `compile`:
+    the torch backend's decode steps as compiled graphs (None: the device's measured default)."""
     from nld.backends import BACKENDS, BUILD_ARTIFACTS
+    from nld.backends.compiled import resolve_compile
     from nld.checkpoint import load_checkpoint
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
-    artifacts = {}
+    artifacts: dict[str, object] = {}
+    if compile and backend != "torch":
+        raise ValueError(f"--compile applies to the torch backend; the {backend} backend runs built graphs")
+    if backend == "torch":
+        artifacts["compile"] = resolve_compile(compile, device)
     if build_dir is not None:
         if backend not in BUILD_ARTIFACTS:
             raise ValueError(f"--build applies to the {' and '.join(BUILD_ARTIFACTS)} backends, not '{backend}'")

@@ -1,12 +1,12 @@
 """The KV store: preallocated slots that steps read and write where they live.
 
-`KVStore` holds the keys and values of `slots` sequences in two tensors [layers, slots, KVH, capacity, D]
+`KVStore` holds the keys and values of `slots` sequences in two tensors [slots, layers, KVH, capacity, D]
 (post-RoPE). A running sequence owns one slot, seen through its `KVCache`: slots [0, length) of it hold
 the K/V of its committed tokens, in position order of commit; what lies past `length` is scratch.
 A step reads the committed K/V in place (a view, never a copy), writes only its new tokens' K/V, and the
 policies' cache operations are index operations on the slot: crop sets the length, keep gathers the
-kept positions to the front. The layout makes every layer's rows of consecutive slots one strided
-tensor, so a batched step over neighbouring slots reads all their caches as one view.
+kept positions to the front. A batched step over neighbouring slots reads all their caches as one
+strided view [layers, rows, KVH, length, D]; a slot's own cache is one contiguous block.
 """
 
 from __future__ import annotations
@@ -54,13 +54,13 @@ class KVStore:
     ) -> None:
         if slots < 1 or capacity < 1:
             raise ValueError(f"a KV store needs >= 1 slot of >= 1 token, got {slots} x {capacity}")
-        shape = (layers, slots, kv_heads, capacity, head_dim)
+        shape = (slots, layers, kv_heads, capacity, head_dim)
         self.keys = zeroed(shape, dtype, device)
         self.values = zeroed(shape, dtype, device)
 
     @property
     def slots(self) -> int:
-        return self.keys.shape[1]
+        return self.keys.shape[0]
 
     @property
     def capacity(self) -> int:
@@ -68,7 +68,7 @@ class KVStore:
 
     @property
     def layers(self) -> int:
-        return self.keys.shape[0]
+        return self.keys.shape[1]
 
     def cache(self, slot: int) -> KVCache:
         """The (empty) cache of `slot`."""
@@ -82,7 +82,7 @@ class KVStore:
             raise ValueError("cannot move a cache into another store's slot")
         length = cache.length
         for tensor in (self.keys, self.values):
-            tensor[:, slot, :, :length] = tensor[:, cache.slot, :, :length]
+            tensor[slot, :, :, :length] = tensor[cache.slot, :, :, :length]
         cache.slot = slot
 
     def write(self, slots: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
@@ -90,8 +90,8 @@ class KVStore:
         two index operations, whatever the number of sequences."""
         index = (slots.to(self.keys.device), positions.to(self.keys.device))
         for store, new in ((self.keys, keys), (self.values, values)):
-            # [layers, slots, KVH, capacity, D] -> [slots, capacity, layers, KVH, D] (a view)
-            store.permute(1, 3, 0, 2, 4).index_put_(index, new.to(store.dtype))
+            # [slots, layers, KVH, capacity, D] -> [slots, capacity, layers, KVH, D] (a view)
+            store.permute(0, 3, 1, 2, 4).index_put_(index, new.to(store.dtype))
 
 
 class KVCache:
@@ -115,11 +115,11 @@ class KVCache:
 
     @property
     def keys(self) -> torch.Tensor:
-        return self.store.keys[:, self.slot]
+        return self.store.keys[self.slot]
 
     @property
     def values(self) -> torch.Tensor:
-        return self.store.values[:, self.slot]
+        return self.store.values[self.slot]
 
     @property
     def capacity(self) -> int:
@@ -158,16 +158,10 @@ class KVCache:
         if len(offsets) and (index.max() >= self.length or (index.diff() <= 0).any()):
             raise ValueError(f"keep offsets {list(offsets)} must be ascending and below {self.length - start}")
         kept = len(offsets)
-        store = self.store
-        # The gather kernel works on a contiguous [sequences, heads, capacity, D]: the whole store seen as
-        # layers x slots sequences, of which this slot's row in every layer keeps `kept` positions.
-        rows = store.layers * store.slots
-        mine = torch.arange(store.layers, device=self.keys.device) * store.slots + self.slot
-        starts = torch.full((rows,), start, device=self.keys.device)
-        counts = torch.zeros(rows, dtype=torch.long, device=self.keys.device)
-        counts[mine] = kept
-        moved = torch.zeros(rows, max(kept, 1), dtype=torch.long, device=self.keys.device)
-        moved[mine, :kept] = index - start
-        for tensor in (store.keys, store.values):
-            kv_keep_(tensor.view(rows, *tensor.shape[2:]), starts, moved, counts)
+        layers = self.store.layers
+        starts = torch.full((layers,), start, device=self.keys.device)
+        counts = torch.full((layers,), kept, device=self.keys.device)
+        moved = (index - start).expand(layers, kept)
+        for cache in (self.keys, self.values):  # the gather kernel on the slot: [layers, heads, capacity, D]
+            kv_keep_(cache, starts, moved, counts)
         self.length = start + kept

@@ -19,6 +19,9 @@ BACKEND_DEVICES = [
     ("torch", "cpu"),
     pytest.param("torch", "cuda", marks=pytest.mark.gpu),
     ("onnxruntime", "cpu"),
+    # the torch backend's compiled static-shape steps (compiling takes minutes here: slow)
+    pytest.param("torch-compiled", "cpu", marks=pytest.mark.slow),
+    pytest.param("torch-compiled", "cuda", marks=pytest.mark.gpu),
     pytest.param(
         "tensorrt",
         "cuda",

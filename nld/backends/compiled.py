@@ -51,6 +51,19 @@ def stack_presents(presents: list[KV]) -> KV:
     return torch.stack([key for key, _ in presents]), torch.stack([value for _, value in presents])
 
 
+# Whether steps compile when neither --compile nor --no-compile is given, per device type. Measured on
+# this project's CPU machines (docs/bench.md, "Compiled steps"): a compiled step of the built-in model
+# is 1.6-1.9x faster, but each of an engine's shape buckets takes 2-25 s to compile, which only a
+# long-running server earns back; so a CPU runs eagerly unless asked. On CUDA (CUDA graphs) nothing has
+# been measured yet (scripts/gpu_bench_8b.py measures both): eager until it is.
+COMPILE_BY_DEFAULT = {"cpu": False, "cuda": False}
+
+
+def resolve_compile(compile: bool | None, device: str | torch.device) -> bool:
+    """--compile / --no-compile, or the measured default of the device's type when neither was given."""
+    return COMPILE_BY_DEFAULT.get(torch.device(device).type, False) if compile is None else compile
+
+
 def decode_widths(block_size: int, quadratic_block: int) -> tuple[int, ...]:
     """The step widths the modes use at their default block lengths: 1, B and the quadratic B(B+1)."""
     return tuple(sorted({1, block_size, quadratic_block * (quadratic_block + 1)}))
@@ -142,14 +155,14 @@ class CompiledSteps:
         return outputs
 
     def warm_up(self, buckets: Iterable[tuple[int, int, bool]], store: KVStore, prefix: int = 64) -> None:
-        """Compile `buckets` (rows, width, adapter) now instead of on first use, for steps over `store`
-        (a graph is guarded on its past's strides, which depend on the store's slots)."""
+        """Compile `buckets` (rows, width, adapter) now instead of on first use, on views of `store` (a
+        graph is guarded on its inputs' strides and dispatch keys: warm-up inputs must look like a step's)."""
         weight = self.model.encoder.embed_tokens.weight
         prefix = min(max(prefix, MIN_DYNAMIC), store.capacity)
         for rows, width, adapter in buckets:
             if (rows, width, adapter) in self._seen or rows > store.slots:
                 continue
-            past = [tensor[:, :rows, :, :prefix] for tensor in (store.keys, store.values)]
+            past = [tensor[:rows, :, :, :prefix].transpose(0, 1) for tensor in (store.keys, store.values)]
             ids, positions = (torch.zeros(rows, width, dtype=torch.long, device=weight.device) for _ in range(2))
             bias = torch.zeros(rows, 1, width, prefix + width, device=weight.device)
             with torch.inference_mode():

@@ -12,6 +12,7 @@ gets only its new tokens' K/V written, in one index operation per store.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -114,7 +115,7 @@ def build_batch(requests: list[StepRequest], shape: StepShape, device: torch.dev
     if first is not None:
         store = requests[0].cache.store
         window = slice(first, first + shape.rows)
-        keys, values = store.keys[:, window, :, : shape.prefix], store.values[:, window, :, : shape.prefix]
+        keys, values = (tensor[window, :, :, : shape.prefix].transpose(0, 1) for tensor in (store.keys, store.values))
     else:
         keys, values = _gathered_past(requests, shape, dtype, device)
     return StepBatch(input_ids.to(device), positions.to(device), bias.to(device), keys, values, row_of, in_place)
@@ -123,10 +124,10 @@ def build_batch(requests: list[StepRequest], shape: StepShape, device: torch.dev
 def _gathered_past(requests: list[StepRequest], shape: StepShape, dtype: torch.dtype, device: torch.device) -> KV:
     """A padded copy of the requests' committed K/V, [layers, rows, KVH, prefix, D] each."""
     store = requests[0].cache.store
-    size = (store.layers, shape.rows, store.keys.shape[2], shape.prefix + 1, store.keys.shape[4])
-    # views, as a store's past is (a compiled graph is guarded on its inputs' dispatch keys)
-    keys = torch.zeros(size, dtype=dtype, device=device)[..., : shape.prefix, :]
-    values = torch.zeros(size, dtype=dtype, device=device)[..., : shape.prefix, :]
+    # laid out and viewed as a store's past is (a compiled graph is guarded on its inputs' strides and
+    # dispatch keys): [layers, rows, ...] views of [rows, layers, KVH, prefix + 1, D]
+    size = (shape.rows, store.layers, store.keys.shape[2], shape.prefix + 1, store.keys.shape[4])
+    keys, values = (torch.zeros(size, dtype=dtype, device=device)[..., : shape.prefix, :].transpose(0, 1) for _ in "kv")
     for row, request in enumerate(requests):
         length = request.cache.length
         keys[:, row, :, :length] = request.cache.keys[:, :, :length]
@@ -144,6 +145,7 @@ class PaddedBatchBackend:
     device: torch.device
     has_adapter: bool
     gathered_steps: int = 0  # steps whose past could not be read in place (copied)
+    forward_seconds: float = 0.0  # time inside the network forwards; the rest of a step is host work
 
     def _forward(self, batch: StepBatch, adapter: bool) -> tuple[torch.Tensor, KV]:
         """(per-token outputs [B, T, ...], (present keys, present values) [layers, B, KVH, T, D]) of a batch."""
@@ -182,7 +184,9 @@ class PaddedBatchBackend:
         batch = build_batch(requests, self._shape(requests), self.device, self.dtype)
         if not batch.in_place:
             self.gathered_steps += 1
+        began = time.perf_counter()
         outputs, presents = self._forward(batch, adapters.pop())
+        self.forward_seconds += time.perf_counter() - began
         logits = self._wanted_logits(requests, batch, outputs)
         results: list[StepResult | None] = []
         errors: dict[int, Exception] = {}

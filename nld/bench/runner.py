@@ -57,11 +57,16 @@ def run_point(
     _drive(engine, prompts[:warmup], point, params, None)  # compile / allocate outside the measurement
     timed.seconds = 0.0
     forwards_before = engine.metrics["forwards"]
+    network_before = getattr(backend, "forward_seconds", None)
     began = time.perf_counter()
     traces = _drive(engine, prompts * repeat, point, params, progress)
     wall = time.perf_counter() - began
     batched = engine.metrics["forwards"] - forwards_before
-    return summarize(point.mode, point.concurrency, traces, wall, timed.seconds, batched)
+    record = summarize(point.mode, point.concurrency, traces, wall, timed.seconds, batched)
+    if network_before is not None and batched:  # a padded-batch backend times its network forwards
+        network = backend.forward_seconds - network_before
+        record["host_ms_per_forward"] = round(1000 * (wall - network) / batched, 4)  # everything but the network
+    return record
 
 
 def _drive(

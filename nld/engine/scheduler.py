@@ -107,13 +107,19 @@ class _Running:
 
 class Engine:
     """Batched multi-mode generation over one step backend. With the model's `tokenizer`, updates carry
-    the output's text and requests may have stop strings."""
+    the output's text and requests may have stop strings; with `wants_text` False, text is decoded only
+    for requests with stop strings (a front end that streams ids)."""
 
     def __init__(
-        self, backend: StepBackend, settings: EngineSettings | None = None, tokenizer: Tokenizer | None = None
+        self,
+        backend: StepBackend,
+        settings: EngineSettings | None = None,
+        tokenizer: Tokenizer | None = None,
+        wants_text: bool = True,
     ) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
+        self.wants_text = wants_text  # False: a front end that reads ids only (text only for stop strings)
         self.settings = settings or EngineSettings()
         self.pool = KVPool(backend, self.settings.kv_blocks, self.settings.kv_block_tokens, self.settings.max_batch)
         self._shared_width = getattr(backend, "shared_width", SHARED_WIDTH)
@@ -263,7 +269,7 @@ class Engine:
                     lease.cache,
                     request.mode,
                     backend.has_adapter,
-                    self.tokenizer,
+                    self.tokenizer if self.wants_text or request.params.stop else None,
                 )
             except ValueError as error:
                 self._finish(request, error=str(error))

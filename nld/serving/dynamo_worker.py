@@ -213,13 +213,18 @@ async def serve(args: argparse.Namespace) -> None:
     from dynamo.llm import ModelInput, ModelRuntimeConfig, ModelType, WorkerType, register_model
     from dynamo.runtime import DistributedRuntime
 
-    backend = load_backend(args.model, args.backend, args.dtype, args.device, build_dir=args.build)
+    backend = load_backend(
+        args.model, args.backend, args.dtype, args.device, build_dir=args.build, compile=args.compile
+    )
     tokenizer = NLDTokenizer.from_dir(args.model)
     if tokenizer is None:
         raise SystemExit(f"{args.model}: no tokenizer.json; Dynamo's frontend tokenizes with it")
     template = chat_template_file(args.model)
     settings = EngineSettings(max_batch=args.max_batch, kv_blocks=args.kv_blocks, auto_threshold=args.auto_threshold)
-    engine = Engine(backend, settings, tokenizer.tokenizer)  # for stop strings
+    engine = Engine(backend, settings, tokenizer.tokenizer, wants_text=False)  # text for stop strings only
+    compiling = engine.warm_up()  # a compiled backend: every step shape now, before any request
+    if compiling:
+        LOG.info("compiled the engine's step shapes in %.1f s", compiling)
     engine.start()
     loop = asyncio.get_running_loop()
     runtime = DistributedRuntime(loop, args.discovery_backend, "tcp", event_plane="zmq")
@@ -257,6 +262,7 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch: compiled decode steps")
     parser.add_argument(
         "--name", help="served model name (default: nld-tiny for the built-in model, else the folder's)"
     )

@@ -22,6 +22,14 @@ from nld.tokenizer import TOKENIZER_FILE
 MODEL_NAME = "nld"
 
 
+COMPILE_SETTINGS = {"on": True, "off": False, "auto": None}  # config value -> load_backend's `compile`
+
+
+def compile_setting(flag: bool | None) -> str:
+    """--compile / --no-compile / neither as the repository's `compile` value."""
+    return next(name for name, value in COMPILE_SETTINGS.items() if value is flag)
+
+
 @dataclass(frozen=True)
 class RepositorySettings:
     """What the served model runs with (written into config.pbtxt parameters)."""
@@ -37,6 +45,7 @@ class RepositorySettings:
     default_mode: str = "linear-spec"
     default_max_tokens: int = 128
     auto_threshold: int = 4
+    compile: str = "auto"  # on | off | auto (the device's measured default): the torch backend's steps compiled
 
     def check(self) -> None:
         from nld.backends import BACKENDS, BUILD_ARTIFACTS
@@ -45,6 +54,10 @@ class RepositorySettings:
             raise NLDError(f"--backend '{self.backend}' is not one of {', '.join(BACKENDS)}")
         if self.build_dir and self.backend not in BUILD_ARTIFACTS:
             raise NLDError(f"--build applies to the {' and '.join(BUILD_ARTIFACTS)} backends, not '{self.backend}'")
+        if self.compile not in COMPILE_SETTINGS:
+            raise NLDError(f"compile '{self.compile}' is not one of {', '.join(COMPILE_SETTINGS)}")
+        if self.compile == "on" and self.backend != "torch":
+            raise NLDError(f"--compile applies to the torch backend; the {self.backend} backend runs built graphs")
         if self.default_mode not in REQUEST_MODES:
             raise NLDError(f"default_mode '{self.default_mode}' is not one of {', '.join(REQUEST_MODES)}")
         for name in ("max_batch", "kv_blocks", "kv_block_tokens", "default_max_tokens", "auto_threshold"):

@@ -21,6 +21,7 @@ from nld.limits import ParameterError, max_prompt_bytes
 from nld.sampling import TokenLogprob
 from nld.serving.inputs import INPUTS, PROMPT_INPUTS, InputError, ServeRequest, input_error, parse_inputs
 from nld.serving.metrics import METRICS, MODE_LABEL, engine_samples
+from nld.serving.repository import COMPILE_SETTINGS
 from nld.tokenizer import NLDTokenizer
 
 
@@ -58,6 +59,7 @@ class TritonPythonModel:
             parameters["dtype"],
             parameters["device"],
             build_dir=str(repository / build_dir) if build_dir else None,
+            compile=COMPILE_SETTINGS[parameters.get("compile", "auto")],
         )
         self.tokenizer = NLDTokenizer.from_dir(model_dir)  # None: token-id prompts only, empty text_output
         context = backend.config.max_position_embeddings
@@ -73,6 +75,9 @@ class TritonPythonModel:
         self.default_mode = parameters["default_mode"]
         self.default_max_tokens = int(parameters["default_max_tokens"])
         self.engine = Engine(backend, settings, self.tokenizer.tokenizer if self.tokenizer is not None else None)
+        compiling = self.engine.warm_up()  # a compiled backend: every step shape now, not on a request's time
+        if compiling:
+            pb_utils.Logger.log_info(f"nld: compiled the engine's step shapes in {compiling:.1f} s")
         self.families = {
             name: pb_utils.MetricFamily(name=name, description=text, kind=getattr(pb_utils.MetricFamily, kind))
             for name, (kind, text) in METRICS.items()

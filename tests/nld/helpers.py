@@ -25,8 +25,10 @@ RELEASED_8B = RELEASED_CONFIGS["8b"]  # the shape that plans and conversions are
 def backend_for(
     case: str, device: str = "cpu", dtype: str = "float32", adapter: bool = True, kind: str = "torch"
 ) -> TorchBackend:
-    """A fixture case on a step backend (`kind`: torch or onnxruntime), cached per arguments."""
+    """A fixture case on a step backend (`kind`: torch, torch-compiled or onnxruntime), cached per arguments."""
     checkpoint = load_checkpoint(fixture_dir(case), with_adapter=adapter)
+    if kind == "torch-compiled":
+        return TorchBackend.from_checkpoint(checkpoint, dtype, device, compile=True)
     return BACKENDS[kind].from_checkpoint(checkpoint, dtype, device)
 
 

@@ -107,7 +107,7 @@ def test_caches_of_a_store_are_views_of_it_and_steps_read_them_in_place() -> Non
     backend.step([_step(cache, prompt, causal(len(prompt))) for cache, prompt in zip(caches, prompts, strict=True)])
     for cache, prompt in zip(caches, prompts, strict=True):
         assert cache.length == len(prompt)
-        assert cache.keys.data_ptr() == store.keys[:, cache.slot].data_ptr()
+        assert cache.keys.data_ptr() == store.keys[cache.slot].data_ptr()
         assert cache.keys[:, :, : len(prompt)].abs().sum() > 0 and cache.keys[:, :, len(prompt) :].abs().sum() == 0
     # ... and a batched step over them reads the store in place and equals each cache decoded alone.
     steps = [([40], causal(1)), ([41, 100, 100], bidirectional(3)), ([42, 43], causal(2))]

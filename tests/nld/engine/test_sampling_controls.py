@@ -62,3 +62,20 @@ def test_stop_strings_need_the_engine_tokenizer() -> None:
     engine = Engine(load_backend(str(default_model_dir())))
     with pytest.raises(ParameterError, match="stop: this model has no tokenizer"):
         engine.submit([1, 2, 3], "ar", GenerationParams(stop=("x",)), lambda update: None)
+
+
+def test_an_engine_that_streams_ids_decodes_text_only_for_stop_strings() -> None:
+    backend = load_backend(str(default_model_dir()))
+    tokenizer = NLDTokenizer.from_dir(default_model_dir())
+    assert tokenizer is not None
+    engine = Engine(backend, EngineSettings(max_batch=4), tokenizer.tokenizer, wants_text=False)
+    collector = Collector()
+    prompt = tokenizer.encode_prompt(PROMPTS[0])
+    plain, stopped = GenerationParams(max_new_tokens=24), GenerationParams(max_new_tokens=24, stop=("\n\n", "return"))
+    ids = [engine.submit(prompt, "linear-spec", params, collector.listen) for params in (plain, stopped)]
+    while engine.busy:
+        engine.step()
+    with_text = generate(backend, prompt, "linear-spec", stopped, tokenizer=tokenizer.tokenizer)
+    assert collector.final(ids[0]).generation.text == ""  # type: ignore[union-attr]
+    assert collector.streamed(ids[0]) == generate(backend, prompt, "linear-spec", plain).new_ids
+    assert collector.streamed(ids[1]) == with_text.new_ids and with_text.finish_reason == "stop"
