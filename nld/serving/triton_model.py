@@ -7,7 +7,9 @@ carrying the text that became final since the last, and a final response with th
 
 from __future__ import annotations
 
+import contextlib
 import json
+import locale
 import threading
 from pathlib import Path
 from typing import Any
@@ -42,11 +44,21 @@ def logprob_tensors(pb: Any, logprobs: list[TokenLogprob], width: int) -> list[A
     ]
 
 
+def utf8_text_files() -> None:
+    """Read text files as UTF-8 by default. Triton's embedded Python stub starts with an ASCII locale
+    whatever the environment says, and torch.compile reads UTF-8 templates with open()'s default."""
+    if locale.getpreferredencoding(False).lower().replace("-", "") != "utf8":
+        with contextlib.suppress(locale.Error):
+            locale.setlocale(locale.LC_CTYPE, "C.UTF-8")
+
+
 class TritonPythonModel:
     """Triton's Python-backend entry points: initialize, execute, finalize."""
 
     def initialize(self, args: dict[str, Any]) -> None:
         import triton_python_backend_utils as pb_utils
+
+        utf8_text_files()
 
         self.pb = pb_utils
         parameters = _parameters(json.loads(args["model_config"]))
