@@ -99,6 +99,9 @@ class CompiledSteps:
         import torch._dynamo
 
         self.cuda = self.model.encoder.embed_tokens.weight.device.type == "cuda"
+        weight = self.model.encoder.embed_tokens.weight
+        self.excluded = self.model.config.mask_token_id  # the id the in-graph greedy choice never makes
+        self._excluded = torch.tensor([self.excluded], device=weight.device)
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         torch._dynamo.config.accumulated_recompile_limit = max(
             torch._dynamo.config.accumulated_recompile_limit, RECOMPILE_LIMIT
@@ -109,8 +112,15 @@ class CompiledSteps:
             self._compiled = torch.compile(self._network, dynamic=False, options={"cpp_wrapper": True})
         self._seen: set[tuple[int, int, bool]] = set()
 
-    def _network(self, *inputs: object) -> tuple[torch.Tensor, KV]:
-        return step_network(self.model, *inputs)  # type: ignore[arg-type]
+    def _network(self, *inputs: object) -> tuple[torch.Tensor, KV, KV]:
+        """The step, the head over every row (float32 logits) and the greedy choice with the mask id
+        excluded (ids, confidence), all in one graph: a greedy request needs nothing more."""
+        hidden, presents = step_network(self.model, *inputs)  # type: ignore[arg-type]
+        logits = self.model.logits(hidden).float()
+        scores = logits.index_fill(-1, self._excluded, float("-inf"))
+        best = scores.max(dim=-1)
+        confidence = 1.0 / torch.exp(scores - best.values.unsqueeze(-1)).sum(-1)  # softmax of the argmax
+        return logits, presents, (best.indices, confidence)
 
     def width(self, steps: int) -> int | None:
         """The compiled width a step of `steps` tokens is padded to, or None (it runs eagerly)."""
@@ -131,8 +141,9 @@ class CompiledSteps:
         past_keys: torch.Tensor,
         past_values: torch.Tensor,
         adapter: bool,
-    ) -> tuple[torch.Tensor, KV]:
-        """Run the compiled network (compiling this bucket first, when new)."""
+    ) -> tuple[torch.Tensor, KV, KV]:
+        """Run the compiled network (compiling this bucket first, when new): (logits, presents, (greedy
+        ids, their confidence)), per row."""
         import torch._dynamo
 
         inputs = (input_ids, positions, bias, past_keys, past_values, adapter)

@@ -23,6 +23,7 @@ from nld.penalties import apply_penalties
 from nld.sampling import row_logprobs, select_tokens
 from nld.step import PartialStepError, StepRequest, StepResult
 
+FEW_WRITES = 4  # up to this many requests' K/V are written by slice copies, more by one index operation
 SelectedIds = tuple[torch.Tensor, torch.Tensor]  # (ids, confidence) of a request's wanted rows
 
 
@@ -75,22 +76,21 @@ def _visible(requests: list[StepRequest], row_of: list[int], shape: StepShape) -
     """Which positions of [past | step] each query attends to, [rows, width, prefix + width] bool. Rows and
     columns that are padding attend to themselves only (no row without a key: no NaN)."""
     rows, width, prefix = shape.rows, shape.width, shape.prefix
-    lengths = torch.zeros(rows, dtype=torch.long)
-    counts = torch.zeros(rows, dtype=torch.long)
+    lengths, counts = [0] * rows, [0] * rows
     for row, request in zip(row_of, requests, strict=True):
         lengths[row], counts[row] = request.cache.length, request.token_ids.shape[0]
-    allowed = torch.zeros(rows, width, prefix + width, dtype=torch.bool)
-    allowed[:, :, :prefix] = (torch.arange(prefix) < lengths[:, None])[:, None, :]
-    if _uniform(requests, shape):
+    allowed = torch.empty(rows, width, prefix + width, dtype=torch.bool)
+    allowed[:, :, :prefix] = (torch.arange(prefix) < torch.tensor(lengths)[:, None])[:, None, :]
+    if _uniform(requests, shape):  # no padding: the requests' own visibilities, stacked
         allowed[:, :, prefix:] = torch.stack([requests[i].visibility.cpu() for i in _by_row(row_of)])
-    else:
-        for row, request in zip(row_of, requests, strict=True):
-            count = request.token_ids.shape[0]
-            allowed[row, :count, prefix : prefix + count] = request.visibility.cpu()
+        return allowed
+    allowed[:, :, prefix:] = False
+    for row, request in zip(row_of, requests, strict=True):
+        count = request.token_ids.shape[0]
+        allowed[row, :count, prefix : prefix + count] = request.visibility.cpu()
     steps = torch.arange(width)
-    padding = steps[None, :] >= counts[:, None]  # [rows, width]
-    diagonal = allowed[:, steps, prefix + steps]
-    allowed[:, steps, prefix + steps] = diagonal | padding
+    padding = steps[None, :] >= torch.tensor(counts)[:, None]  # [rows, width]
+    allowed[:, steps, prefix + steps] |= padding
     return allowed
 
 
@@ -110,8 +110,7 @@ def build_batch(requests: list[StepRequest], shape: StepShape, device: torch.dev
             count = request.token_ids.shape[0]
             input_ids[row, :count] = request.token_ids
             positions[row, :count] = request.positions
-    allowed = _visible(requests, row_of, shape)
-    bias = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill_(~allowed, float("-inf")).unsqueeze(1)
+    bias = torch.where(_visible(requests, row_of, shape), 0.0, float("-inf")).unsqueeze(1)
     if first is not None:
         store = requests[0].cache.store
         window = slice(first, first + shape.rows)
@@ -187,11 +186,11 @@ class PaddedBatchBackend:
         began = time.perf_counter()
         outputs, presents = self._forward(batch, adapters.pop())
         self.forward_seconds += time.perf_counter() - began
-        logits = self._wanted_logits(requests, batch, outputs)
+        logits, index = self._wanted_logits(requests, batch, outputs)
         results: list[StepResult | None] = []
         errors: dict[int, Exception] = {}
         writes: list[tuple[StepRequest, int]] = []
-        greedy = self._greedy_selection(requests, logits)
+        greedy = self._greedy_selection(requests, logits, index)
         for index, (request, row) in enumerate(zip(requests, batch.row_of, strict=True)):
             try:  # one request's selection or cache room failing must not fail the others
                 result = self._result(request, logits[index], greedy.get(index))
@@ -211,32 +210,56 @@ class PaddedBatchBackend:
 
     def _wanted_logits(
         self, requests: list[StepRequest], batch: StepBatch, outputs: torch.Tensor
-    ) -> list[torch.Tensor]:
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """float32 logits of each request's wanted rows, computed for all requests at once (one head
-        product per step, not one per request)."""
+        product per step, not one per request), and which rows of the flattened batch they are (None: all,
+        in order)."""
         width = outputs.shape[1]
-        picks, counts = [], []
+        flat = outputs.reshape(-1, *outputs.shape[2:])
+        if batch.row_of == list(range(len(requests))) == list(range(outputs.shape[0])) and all(
+            request.rows is None and request.token_ids.shape[0] == width for request in requests
+        ):  # every row of the batch wanted, in request order: no gather
+            return list(self._to_logits(flat).split(width)), None
+        picks = []
         for request, row in zip(requests, batch.row_of, strict=True):
             own = torch.arange(request.token_ids.shape[0]) if request.rows is None else request.rows.cpu()
             own = torch.where(own < 0, own + request.token_ids.shape[0], own)  # rows may count from the end
             picks.append(own + row * width)
-            counts.append(own.shape[0])
-        flat = outputs.reshape(-1, *outputs.shape[2:])
-        every = self._to_logits(flat[torch.cat(picks).to(flat.device)])
-        return list(every.split(counts))
+        index = torch.cat(picks).to(flat.device)
+        every = self._to_logits(flat[index])
+        return list(every.split([pick.shape[0] for pick in picks])), index
 
-    def _greedy_selection(self, requests: list[StepRequest], logits: list[torch.Tensor]) -> dict[int, SelectedIds]:
-        """The selections of the requests that decode greedily without penalties, made in one call."""
+    def _graph_top1(self) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """The last forward's greedy choice for every row of the flattened batch, when the network made it
+        (ids, confidence, the one id it excluded); None when it did not."""
+        return None
+
+    def _greedy_selection(
+        self, requests: list[StepRequest], logits: list[torch.Tensor], index: torch.Tensor | None
+    ) -> dict[int, SelectedIds]:
+        """The selections of the requests that decode greedily without penalties: the network's own when
+        it made them, else made in one call."""
         plain = [i for i, request in enumerate(requests) if _plain_greedy(request)]
+        chosen: dict[int, SelectedIds] = {}
+        top1 = self._graph_top1()
+        if top1 is not None:
+            ids, confidence, excluded = (
+                (top1[0], top1[1], top1[2]) if index is None else (*(t[index] for t in top1[:2]), top1[2])
+            )
+            offsets = torch.tensor([0, *(part.shape[0] for part in logits)]).cumsum(0).tolist()
+            for i in plain:
+                if requests[i].sampler.banned_ids == (excluded,):
+                    chosen[i] = (ids[offsets[i] : offsets[i + 1]], confidence[offsets[i] : offsets[i + 1]])
+            plain = [i for i in plain if i not in chosen]
         banned = {requests[i].sampler.banned_ids for i in plain}
         if len(plain) < 2 or len(banned) > 1:
-            return {}
+            return chosen
         try:
             ids, confidence = select_tokens(torch.cat([logits[i] for i in plain]), requests[plain[0]].sampler)
         except Exception:  # leave each to its own selection, which fails alone
-            return {}
+            return chosen
         sizes = [logits[i].shape[0] for i in plain]
-        return dict(zip(plain, zip(ids.split(sizes), confidence.split(sizes), strict=True), strict=True))
+        return chosen | dict(zip(plain, zip(ids.split(sizes), confidence.split(sizes), strict=True), strict=True))
 
     def _write(self, writes: list[tuple[StepRequest, int]], presents: KV) -> None:
         """Write the new tokens' K/V of every (request, batch row) in `writes` after its committed ones."""
@@ -245,6 +268,13 @@ class PaddedBatchBackend:
             by_store.setdefault(id(request.cache.store), []).append((request, row))
         for members in by_store.values():
             store = members[0][0].cache.store
+            if len(members) <= FEW_WRITES:  # a copy per request and K/V: cheaper than building index tensors
+                for request, row in members:
+                    count, start = request.token_ids.shape[0], request.cache.length
+                    for tensor, present in zip((store.keys, store.values), presents, strict=True):
+                        tensor[request.cache.slot, :, :, start : start + count] = present[:, row, :, :count]
+                    request.cache.length += count
+                continue
             rows, steps, slots, positions = [], [], [], []
             for request, row in members:
                 count = request.token_ids.shape[0]

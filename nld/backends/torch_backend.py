@@ -39,6 +39,7 @@ class TorchBackend(PaddedBatchBackend):
         self.has_adapter = model.has_adapter
         self.compiled = compiled
         self._bucketed: StepShape | None = None
+        self._top1: tuple[torch.Tensor, torch.Tensor, int] | None = None  # the compiled step's greedy choice
 
     @classmethod
     def from_checkpoint(
@@ -74,14 +75,22 @@ class TorchBackend(PaddedBatchBackend):
 
     def _forward(self, batch: StepBatch, adapter: bool) -> tuple[torch.Tensor, KV]:
         inputs = (batch.input_ids, batch.positions, batch.bias, batch.past_keys, batch.past_values)
+        self._top1 = None
         with torch.inference_mode():
             if self._bucketed is not None and self.compiled is not None:
-                return self.compiled(*inputs, adapter)
+                logits, presents, top1 = self.compiled(*inputs, adapter)
+                self._top1 = (top1[0].flatten(), top1[1].flatten(), self.compiled.excluded)
+                return logits, presents
             return step_network(self.model, *inputs, adapter)
 
     def _to_logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        if self._top1 is not None:  # the compiled step computed the logits itself
+            return outputs
         with torch.inference_mode():
             return self.model.logits(outputs).float()
+
+    def _graph_top1(self) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        return self._top1
 
 
 def compiled_steps(model: NLDTransformer) -> CompiledSteps:
