@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -111,8 +112,8 @@ class Bench:
     def __init__(self, args: argparse.Namespace, model: str) -> None:
         self.args = args
         self.model = model
-        self.ids = prompt_ids(model, args.prompt_tokens)
-        self.prompts = list(zip(load_prompts(), self.ids, strict=True))
+        self.ids = prompt_ids(model, args.prompt_tokens)[: args.prompts]
+        self.prompts = list(zip(load_prompts(), self.ids, strict=False))
         self.cells: dict[tuple[str, str, str, int], list[dict]] = {}
         self.compile_seconds: dict[str, float] = {}
 
@@ -179,7 +180,7 @@ def _start(stack: ExitStack, path: str, bench: Bench, variant: str) -> Callable[
     args, model = bench.args, bench.model
     flag = VARIANTS[variant]
     width = max(args.served)
-    prompts = load_prompts()
+    prompts = load_prompts()[: args.prompts]
     if path == "triton":
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nld-bench-runtime-")))
         settings = RepositorySettings(model_dir=model, max_batch=width, compile=compile_setting(flag))
@@ -215,6 +216,42 @@ def _start(stack: ExitStack, path: str, bench: Bench, variant: str) -> Callable[
         metrics,
         per_response_stats=False,
     )
+
+
+def machine_ceilings(model: str, repeat: int = 5) -> dict:
+    """What this machine can do for the model's forwards, measured: fp32 weight streaming of a GEMV over
+    the model's own weight shapes (the AR bound: weights read once per token) and fp32 GEMM throughput
+    (the bound of wide block forwards), with the model's weight bytes and FLOPs per token."""
+    from nld.checkpoint import load_checkpoint
+
+    weights = [
+        t.float()
+        for name, t in load_checkpoint(model, with_adapter=False).weights.items()
+        if t.dim() == 2 and "embed" not in name
+    ]
+    streamed = sum(t.numel() * 4 for t in weights)
+    vectors = {t.shape[1]: torch.randn(1, t.shape[1]) for t in weights}
+    seconds = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        for weight in weights:
+            torch.nn.functional.linear(vectors[weight.shape[1]], weight)
+        seconds.append(time.perf_counter() - began)
+    gemv = streamed / statistics.median(seconds) / 1e9
+    size = 2048
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    began = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    gemm = 2 * size**3 * repeat / (time.perf_counter() - began) / 1e9
+    return {
+        "weight_bytes_per_token": streamed,
+        "gemv_weight_stream_gb_s": round(gemv, 1),
+        "gemm_fp32_gflop_s": round(gemm, 1),
+        "ar_ceiling_tok_s": round(gemv * 1e9 / streamed, 1),
+        "block_ceiling_tokens_per_s": round(gemm * 1e9 / (2 * streamed / 4), 1),
+    }
 
 
 def median(records: list[dict], key: str) -> float | None:
@@ -306,6 +343,8 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, help="cut or cycle every prompt to this many ids")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in process")
     parser.add_argument("--baseline", type=Path, help="another checkout whose eager path runs beside (child process)")
+    parser.add_argument("--prompts", type=int, help="use only the first N of the 22 prompts")
+    parser.add_argument("--ceilings", action="store_true", help="also measure the machine's GEMV/GEMM ceilings")
     parser.add_argument("--out", type=Path, default=Path("runtime.json"))
     args = parser.parse_args()
     args.modes = [mode for mode in args.modes.split(",") if mode]
@@ -316,6 +355,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="nld-bench-model-") as scratch:
         model = str(random_checkpoint(Path(scratch), args.shape) if args.shape else (args.model or default_model_dir()))
         bench = Bench(args, model)
+        ceilings = machine_ceilings(model) if args.ceilings else None
         backends = {}
         for variant in args.variants.split(","):
             backends[variant] = load_backend(model, compile=VARIANTS[variant])
@@ -333,6 +373,11 @@ def main() -> int:
         print(f"| {entry['ratio']} | {entry['value']} |")
     context = {"model": args.model or args.shape or "built-in", **run_facts(), "threads": args.threads}
     context |= {"settings": {k: str(v) for k, v in vars(args).items()}, "compile_seconds": bench.compile_seconds}
+    if ceilings is not None:
+        context["ceilings"] = ceilings
+        print("\n| machine ceiling (measured) | value |\n|---|---|")
+        for key, value in ceilings.items():
+            print(f"| {key} | {value} |")
     cells = [
         {"variant": v, "path": p, "mode": m, "users": u, "rounds": records}
         for (v, p, m, u), records in sorted(bench.cells.items(), key=_order)

@@ -1,12 +1,12 @@
 """Compiled static-shape steps for the torch backend.
 
-A step is padded to a bucket: its width to the smallest compiled width that holds it (by default the
-decode widths: 1 for AR, B for a diffusion/linear-spec block, B(B+1) for a quadratic cycle), its rows
-to a power of two. `torch.compile` compiles the network once per (rows, width, adapter) bucket, on first
-use, and reports how long that took. The past's length is not bucketed on the CPU: it is a dynamic
+A step of one of the compiled widths (by default the decode widths: 1 for AR, B for a diffusion /
+linear-spec block, B(B+1) for a quadratic cycle) is padded to a bucket of rows, a power of two.
+`torch.compile` compiles the network once per (rows, width, adapter) bucket, on first use, and reports
+how long that took. The past's length is not bucketed on the CPU: it is a dynamic
 dimension of the compiled graph (one graph serves every length). On CUDA the graphs run as CUDA graphs
 (mode `reduce-overhead`), which need static shapes, so the past is padded to a multiple of
-`CUDA_PREFIX_STEP` there. Steps wider than every compiled width (long prefills) run eagerly.
+`CUDA_PREFIX_STEP` there. Steps of other widths (prefills, quadratic's first pass) run eagerly.
 """
 
 from __future__ import annotations
@@ -123,8 +123,10 @@ class CompiledSteps:
         return logits, presents, (best.indices, confidence)
 
     def width(self, steps: int) -> int | None:
-        """The compiled width a step of `steps` tokens is padded to, or None (it runs eagerly)."""
-        return next((width for width in self.widths if width >= steps), None)
+        """The compiled width of a step of `steps` tokens, or None: it runs eagerly. Only steps of exactly a
+        compiled width compile: padding a prefill to the next one (a 30-token prompt to a 72-token
+        quadratic cycle) cost more compute on a CPU than the eager step's overhead."""
+        return steps if steps in self.widths else None
 
     def prefix(self, length: int, capacity: int) -> int:
         """The past length a step sees: at least MIN_DYNAMIC; on CUDA a multiple of CUDA_PREFIX_STEP."""

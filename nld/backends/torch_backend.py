@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from nld.backends.compiled import MIN_DYNAMIC, CompiledSteps, decode_widths, row_bucket, step_network
@@ -93,8 +95,8 @@ class TorchBackend(PaddedBatchBackend):
         return self._top1
 
 
-def compiled_steps(model: NLDTransformer) -> CompiledSteps:
-    """The compiled step network of `model` for the modes' default decode widths."""
+def compiled_steps(model: NLDTransformer, widths: Iterable[int] | None = None) -> CompiledSteps:
+    """The compiled step network of `model` for `widths` (default: the modes' decode widths)."""
     config = model.config
-    widths = decode_widths(config.block_size, default_block(config.block_size))
-    return CompiledSteps(model, widths, config.block_size)
+    chosen = decode_widths(config.block_size, default_block(config.block_size)) if widths is None else widths
+    return CompiledSteps(model, tuple(sorted(set(chosen))), config.block_size)
