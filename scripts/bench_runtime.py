@@ -9,10 +9,12 @@ checkout's eager path (`--baseline DIR`: a `git worktree` of an earlier commit, 
         [--rounds 3] [--repeat 1] [--max-new-tokens 64] [--prompt-tokens N] [--threads 2]
         [--baseline DIR] [--out docs/bench/runtime.json]
 
-Every measured cell is measured `--rounds` times, the variants and paths of one point one after another
-in each round (so a machine that drifts drifts for all of them), and reported as the median. In-process
-and served points of one variant are paired while that variant's server is up. Prints one Markdown
-table, then the ratios the targets are about; writes every round of every cell as JSON.
+A mode may name a block length, `quadratic-spec@4` (compiled in process at its own width; the servers
+compile only the default widths, so served it runs eagerly there). Every cell is measured `--rounds`
+times, the variants and paths of one point one after another in each round (so a machine that drifts
+drifts for all of them), and reported as the median. In-process and served points of one variant are
+paired while that variant's server is up. Prints one Markdown table, then the ratios the targets are
+about; writes every round of every cell as JSON.
 """
 
 from __future__ import annotations
@@ -23,19 +25,22 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
+from nld.backends.compiled import decode_widths
+from nld.backends.torch_backend import compiled_steps
 from nld.bench.prompts import load_prompts
 from nld.bench.runner import SweepPoint, run_point
 from nld.bench.served import grpc_session, openai_session, run_point_served
+from nld.bench.shapes import SHAPES, machine_ceilings, random_checkpoint
 from nld.bench.sweep import run_facts
 from nld.generate import load_backend
 from nld.models import default_model_dir
+from nld.modes.quadratic_spec import default_block
 from nld.serving.openai_server import OpenAIServer, OpenAISettings
 from nld.serving.repository import RepositorySettings, compile_setting, write_repository
 from nld.serving.served_names import default_served_name
@@ -44,56 +49,23 @@ from nld.tokenizer import NLDTokenizer
 
 VARIANTS = {"eager": False, "compiled": True}
 PATHS = {"in-process": "in process", "triton": "Triton gRPC", "openai": "Dynamo OpenAI"}
-# Random-weight shapes (no checkpoint needed): the issue's 133M-parameter NLD.
-SHAPES = {
-    "133m": {
-        "hidden_size": 768,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "num_key_value_heads": 4,
-        "head_dim": 64,
-        "intermediate_size": 2304,
-        "vocab_size": 32768,
-        "block_size": 32,
-    }
-}
 # The old checkout's in-process point, run in a child process with that checkout first on sys.path.
 BASELINE_CHILD = """
 import json, sys, torch
 torch.set_num_threads(int(sys.argv[3]))
 from nld.bench.prompts import BenchPrompt
 from nld.bench.runner import SweepPoint, run_point
+from nld.backends.compiled import decode_widths
+from nld.backends.torch_backend import compiled_steps
 from nld.generate import load_backend
+from nld.modes.quadratic_spec import default_block
 job = json.loads(sys.argv[2])
 backend = load_backend(sys.argv[1])
 prompts = [(BenchPrompt("bench", ""), ids) for ids in job["prompts"]]
 point = SweepPoint(job["mode"], job["concurrency"])
-print(json.dumps(run_point(backend, prompts, point, job["max_new_tokens"], repeat=job["repeat"])))
+block = job["block_length"]
+print(json.dumps(run_point(backend, prompts, point, job["max_new_tokens"], repeat=job["repeat"], block_length=block)))
 """
-
-
-def random_checkpoint(folder: Path, shape: str) -> Path:
-    """An NLD checkpoint of `shape` with random weights (std 0.02), written like a released one."""
-    from safetensors.torch import save_file
-
-    from nld.config import parse_config
-    from nld.model import NLDTransformer
-
-    base = json.loads((default_model_dir() / "config.json").read_text())
-    config_json = {**base, **SHAPES[shape], "max_position_embeddings": 4096, "dtype": "float32"}
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config_json, indent=2))
-    (folder / "generation_config.json").write_text((default_model_dir() / "generation_config.json").read_text())
-    generator = torch.Generator().manual_seed(0)
-    with torch.device("meta"):
-        model = NLDTransformer(parse_config(config_json))
-    weights = {}
-    for name, parameter in model.state_dict().items():
-        is_norm = name.endswith("norm.weight")
-        tensor = torch.ones(parameter.shape) if is_norm else torch.randn(parameter.shape, generator=generator) * 0.02
-        weights[name] = tensor.contiguous()
-    save_file(weights, str(folder / "model.safetensors"))
-    return folder
 
 
 def prompt_ids(model: str, length: int | None) -> list[list[int]]:
@@ -123,18 +95,45 @@ class Bench:
         print(f"  {shown} {record['output_tokens_per_s']:>9} tok/s", file=sys.stderr)
 
     def in_process(self, backend: object, variant: str, mode: str, users: int) -> None:
-        point = SweepPoint(mode, users)
-        record = run_point(backend, self.prompts, point, self.args.max_new_tokens, repeat=self.args.repeat)  # type: ignore[arg-type]
+        name, block = split_mode(mode)
+        point = SweepPoint(name, users)
+        args = self.args
+        record = run_point(backend, self.prompts, point, args.max_new_tokens, repeat=args.repeat, block_length=block)  # type: ignore[arg-type]
         self.record(variant, "in-process", mode, users, record)
 
     def baseline(self, mode: str, users: int) -> None:
-        job = {"prompts": self.ids, "mode": mode, "concurrency": users}
+        name, block = split_mode(mode)
+        job = {"prompts": self.ids, "mode": name, "concurrency": users, "block_length": block}
         job |= {"max_new_tokens": self.args.max_new_tokens, "repeat": self.args.repeat}
         code = BASELINE_CHILD
         command = [sys.executable, "-c", code, self.model, json.dumps(job), str(self.args.threads)]
         env = {"PYTHONPATH": str(self.args.baseline)}
         done = subprocess.run(command, capture_output=True, text=True, check=True, env=env | _inherited_env())
         self.record("baseline", "in-process", mode, users, json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def split_mode(mode: str) -> tuple[str, int | None]:
+    """`quadratic-spec@4` -> ("quadratic-spec", 4): a mode at a block length other than its default."""
+    name, _, block = mode.partition("@")
+    return name, int(block) if block else None
+
+
+def compiled_widths(block_size: int, modes: list[str]) -> list[int]:
+    """The step widths the swept modes use: the defaults, plus B or B(B+1) for each `mode@B`."""
+    widths = set(decode_widths(block_size, default_block(block_size)))
+    for name, block in map(split_mode, modes):
+        if block is not None:
+            widths.add(block * (block + 1) if name == "quadratic-spec" else block)
+    return sorted(widths)
+
+
+def open_backend(model: str, variant: str, modes: list[str]) -> object:
+    """The torch backend of `variant`; compiled for every width the swept modes step at."""
+    backend = load_backend(model, compile=False)
+    if VARIANTS[variant]:
+        network = backend.model  # type: ignore[attr-defined]
+        backend.compiled = compiled_steps(network, compiled_widths(network.config.block_size, modes))  # type: ignore[attr-defined]
+    return backend
 
 
 def _inherited_env() -> dict[str, str]:
@@ -171,10 +170,11 @@ def measure_served(bench: Bench, backends: dict[str, object]) -> None:
                     for users in args.served:
                         bench.in_process(backend, variant, mode, users)
                         for path, measure in sessions.items():
-                            bench.record(variant, path, mode, users, measure(SweepPoint(mode, users)))
+                            name, block = split_mode(mode)
+                            bench.record(variant, path, mode, users, measure(SweepPoint(name, users), block))
 
 
-def _start(stack: ExitStack, path: str, bench: Bench, variant: str) -> Callable[[SweepPoint], dict]:
+def _start(stack: ExitStack, path: str, bench: Bench, variant: str) -> Callable[[SweepPoint, int | None], dict]:
     """Start `path`'s server for `variant` (an engine as wide as the most users served) and return how to
     measure a point through it."""
     args, model = bench.args, bench.model
@@ -188,8 +188,8 @@ def _start(stack: ExitStack, path: str, bench: Bench, variant: str) -> Callable[
         ports = [free_port() for _ in range(3)]
         server = ServerSettings(repo, grpc_port=ports[0], http_port=ports[1], metrics_port=ports[2])
         stack.enter_context(TritonServer(server))
-        return lambda point: run_point_served(
-            grpc_session(server.grpc_url, point, args.max_new_tokens),
+        return lambda point, block: run_point_served(
+            grpc_session(server.grpc_url, point, args.max_new_tokens, block),
             prompts,
             point,
             1,
@@ -207,8 +207,8 @@ def _start(stack: ExitStack, path: str, bench: Bench, variant: str) -> Callable[
         return len(tokenizer.tokenizer.encode(text, add_special_tokens=False).ids)
 
     metrics = [worker.metrics_url for worker in server.workers]
-    return lambda point: run_point_served(
-        openai_session(settings.url, name, point, args.max_new_tokens, count),
+    return lambda point, block: run_point_served(
+        openai_session(settings.url, name, point, args.max_new_tokens, count, block),
         prompts,
         point,
         1,
@@ -216,42 +216,6 @@ def _start(stack: ExitStack, path: str, bench: Bench, variant: str) -> Callable[
         metrics,
         per_response_stats=False,
     )
-
-
-def machine_ceilings(model: str, repeat: int = 5) -> dict:
-    """What this machine can do for the model's forwards, measured: fp32 weight streaming of a GEMV over
-    the model's own weight shapes (the AR bound: weights read once per token) and fp32 GEMM throughput
-    (the bound of wide block forwards), with the model's weight bytes and FLOPs per token."""
-    from nld.checkpoint import load_checkpoint
-
-    weights = [
-        t.float()
-        for name, t in load_checkpoint(model, with_adapter=False).weights.items()
-        if t.dim() == 2 and "embed" not in name
-    ]
-    streamed = sum(t.numel() * 4 for t in weights)
-    vectors = {t.shape[1]: torch.randn(1, t.shape[1]) for t in weights}
-    seconds = []
-    for _ in range(repeat):
-        began = time.perf_counter()
-        for weight in weights:
-            torch.nn.functional.linear(vectors[weight.shape[1]], weight)
-        seconds.append(time.perf_counter() - began)
-    gemv = streamed / statistics.median(seconds) / 1e9
-    size = 2048
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    began = time.perf_counter()
-    for _ in range(repeat):
-        a @ b
-    gemm = 2 * size**3 * repeat / (time.perf_counter() - began) / 1e9
-    return {
-        "weight_bytes_per_token": streamed,
-        "gemv_weight_stream_gb_s": round(gemv, 1),
-        "gemm_fp32_gflop_s": round(gemm, 1),
-        "ar_ceiling_tok_s": round(gemv * 1e9 / streamed, 1),
-        "block_ceiling_tokens_per_s": round(gemm * 1e9 / (2 * streamed / 4), 1),
-    }
 
 
 def median(records: list[dict], key: str) -> float | None:
@@ -332,11 +296,13 @@ def main() -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model", help="checkpoint (default: the built-in tiny model)")
     source.add_argument("--shape", choices=list(SHAPES), help="a random-weight model of this shape instead")
-    parser.add_argument("--modes", default="ar,diffusion,linear-spec,quadratic-spec")
+    parser.add_argument(
+        "--modes", default="ar,diffusion,linear-spec,quadratic-spec", help="MODE or MODE@BLOCK_LENGTH, comma-separated"
+    )
     parser.add_argument("--concurrency", default="1,4,16", help="in-process levels")
     parser.add_argument("--served", default="1", help="levels measured through the servers ('' for none)")
     parser.add_argument("--paths", default="in-process,triton,openai")
-    parser.add_argument("--variants", default="eager,compiled")
+    parser.add_argument("--variants", default="eager,compiled", help="of eager,compiled (--baseline adds its own)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=1, help="passes over the 22 prompts per cell")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -351,14 +317,18 @@ def main() -> int:
     args.concurrency = [int(level) for level in args.concurrency.split(",") if level]
     args.served = [int(level) for level in args.served.split(",") if level]
     args.paths = [path for path in args.paths.split(",") if path]
+    args.variants = [variant for variant in args.variants.split(",") if variant]
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)} (--baseline DIR adds 'baseline')")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="nld-bench-model-") as scratch:
         model = str(random_checkpoint(Path(scratch), args.shape) if args.shape else (args.model or default_model_dir()))
         bench = Bench(args, model)
         ceilings = machine_ceilings(model) if args.ceilings else None
         backends = {}
-        for variant in args.variants.split(","):
-            backends[variant] = load_backend(model, compile=VARIANTS[variant])
+        for variant in args.variants:
+            backends[variant] = open_backend(model, variant, args.modes)
         if "in-process" in args.paths:
             measure_in_process(bench, backends)
         if args.shape is None:  # servers need a tokenizer: the built-in model's prompts are text

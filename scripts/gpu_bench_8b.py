@@ -103,7 +103,7 @@ def main() -> int:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     peak = peak_bandwidth() if args.device == "cuda" else None
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    size = f"{config.num_hidden_layers}-layer NLD, {weight_bytes / 1e9:.1f} GB of weights"
+    size = f"{config.num_hidden_layers}-layer NLD, {weight_bytes / 1e9:.3g} GB of weights"
     print(f"{device}: {size}, context {args.context}")
     backends = {"eager": TorchBackend(model), "compiled": TorchBackend(model, compiled_steps(model, SHAPES.values()))}
     rows = []
