@@ -9,8 +9,8 @@ checkout's eager path (`--baseline DIR`: a `git worktree` of an earlier commit, 
         [--rounds 3] [--repeat 1] [--max-new-tokens 64] [--prompt-tokens N] [--threads 2]
         [--baseline DIR] [--out docs/bench/runtime.json]
 
-A mode may name a block length, `quadratic-spec@4` (compiled in process at its own width; the servers
-compile only the default widths, so served it runs eagerly there). Every cell is measured `--rounds`
+A mode may name a block length, `quadratic-spec@4` (measured in process only, compiled at its own
+width). Every cell is measured `--rounds`
 times, the variants and paths of one point one after another in each round (so a machine that drifts
 drifts for all of them), and reported as the median. In-process and served points of one variant are
 paired while that variant's server is up. Prints one Markdown table, then the ratios the targets are
@@ -54,11 +54,13 @@ BASELINE_CHILD = """
 import json, sys, torch
 torch.set_num_threads(int(sys.argv[3]))
 from nld.bench.prompts import BenchPrompt
+from pathlib import Path
+import nld
 from nld.bench.runner import SweepPoint, run_point
-from nld.backends.compiled import decode_widths
-from nld.backends.torch_backend import compiled_steps
 from nld.generate import load_backend
-from nld.modes.quadratic_spec import default_block
+checkout = Path(sys.argv[4]).resolve()
+if not Path(nld.__file__).resolve().is_relative_to(checkout):
+    sys.exit(f"the baseline child imported nld from {nld.__file__}, not from {checkout}")
 job = json.loads(sys.argv[2])
 backend = load_backend(sys.argv[1])
 prompts = [(BenchPrompt("bench", ""), ids) for ids in job["prompts"]]
@@ -106,9 +108,16 @@ class Bench:
         job = {"prompts": self.ids, "mode": name, "concurrency": users, "block_length": block}
         job |= {"max_new_tokens": self.args.max_new_tokens, "repeat": self.args.repeat}
         code = BASELINE_CHILD
-        command = [sys.executable, "-c", code, self.model, json.dumps(job), str(self.args.threads)]
-        env = {"PYTHONPATH": str(self.args.baseline)}
-        done = subprocess.run(command, capture_output=True, text=True, check=True, env=env | _inherited_env())
+        checkout = str(self.args.baseline.resolve())
+        model = str(Path(self.model).resolve())
+        command = [sys.executable, "-c", code, model, json.dumps(job), str(self.args.threads), checkout]
+        # `python -c` puts the working directory first on sys.path: run in the checkout, so its nld is imported
+        env = {"PYTHONPATH": checkout}
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=env | _inherited_env(), cwd=checkout, check=False
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"the baseline checkout's run failed:\n{done.stderr[-3000:]}")
         self.record("baseline", "in-process", mode, users, json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -166,7 +175,7 @@ def measure_served(bench: Bench, backends: dict[str, object]) -> None:
             sessions = {path: _start(stack, path, bench, variant) for path in served_paths}
             for round_index in range(args.rounds):
                 print(f"served ({variant}), round {round_index + 1} of {args.rounds}", file=sys.stderr)
-                for mode in args.modes:
+                for mode in (mode for mode in args.modes if "@" not in mode):  # default block lengths only
                     for users in args.served:
                         bench.in_process(backend, variant, mode, users)
                         for path, measure in sessions.items():

@@ -35,13 +35,16 @@ def step_network(
     past_keys: torch.Tensor,
     past_values: torch.Tensor,
     adapter: bool,
+    split_attention: bool = True,
 ) -> tuple[torch.Tensor, KV]:
     """The network over a batch whose past is two tensors [layers, rows, KVH, prefix, D] (views of a KV
-    store), read in place; returns (hidden, (present keys, present values) [layers, rows, KVH, T, D]). Two
-    stacked tensors in and out, not one per layer, keep a compiled graph's inputs and outputs free of
-    aliases, whose handling costs on every call."""
+    store); returns (hidden, (present keys, present values) [layers, rows, KVH, T, D]). Two stacked
+    tensors in and out, not one per layer, keep a compiled graph's inputs and outputs free of aliases,
+    whose handling costs on every call. `split_attention` attends to the past where it lies (what a
+    compiled graph fuses); without it each layer joins past and new K/V for one fused SDPA call (faster
+    eagerly: docs/runtime.md)."""
     past = [(past_keys[layer], past_values[layer]) for layer in range(past_keys.shape[0])]
-    hidden, presents = model(input_ids, positions, bias, past, adapter, split_attention=True)
+    hidden, presents = model(input_ids, positions, bias, past, adapter, split_attention=split_attention)
     return hidden, stack_presents(presents)
 
 
@@ -52,9 +55,9 @@ def stack_presents(presents: list[KV]) -> KV:
 
 
 # Whether steps compile when neither --compile nor --no-compile is given, per device type. Measured on
-# this project's CPU machines (docs/bench.md, "Compiled steps"): a compiled step of the built-in model
-# is 1.6-1.9x faster, but each of an engine's shape buckets takes 2-25 s to compile, which only a
-# long-running server earns back; so a CPU runs eagerly unless asked. On CUDA (CUDA graphs) nothing has
+# this project's CPU machines (docs/bench.md, "The runtime benchmark"): compiled decoding of the built-in
+# model is 1.6-1.9x faster at one user, but each of an engine's shape buckets takes 2-25 s to compile,
+# which only a long-running server earns back; so a CPU runs eagerly unless asked. On CUDA (CUDA graphs) nothing has
 # been measured yet (scripts/gpu_bench_8b.py measures both): eager until it is.
 COMPILE_BY_DEFAULT = {"cpu": False, "cuda": False}
 

@@ -83,7 +83,7 @@ class TorchBackend(PaddedBatchBackend):
                 logits, presents, top1 = self.compiled(*inputs, adapter)
                 self._top1 = (top1[0].flatten(), top1[1].flatten(), self.compiled.excluded)
                 return logits, presents
-            return step_network(self.model, *inputs, adapter)
+            return step_network(self.model, *inputs, adapter, split_attention=False)
 
     def _to_logits(self, outputs: torch.Tensor) -> torch.Tensor:
         if self._top1 is not None:  # the compiled step computed the logits itself
