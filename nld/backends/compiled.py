@@ -57,8 +57,8 @@ def stack_presents(presents: list[KV]) -> KV:
 # Whether steps compile when neither --compile nor --no-compile is given, per device type. Measured on
 # this project's CPU machines (docs/bench.md, "The runtime benchmark"): compiled decoding of the built-in
 # model is 1.6-1.9x faster at one user, but each of an engine's shape buckets takes 2-25 s to compile,
-# which only a long-running server earns back; so a CPU runs eagerly unless asked. On CUDA (CUDA graphs) nothing has
-# been measured yet (scripts/gpu_bench_8b.py measures both): eager until it is.
+# which only a long-running server earns back; so a CPU runs eagerly unless asked. On CUDA (CUDA graphs)
+# nothing has been measured yet (scripts/gpu_bench_8b.py measures both): eager until it is.
 COMPILE_BY_DEFAULT = {"cpu": False, "cuda": False}
 
 
@@ -101,8 +101,8 @@ class CompiledSteps:
     def __post_init__(self) -> None:
         import torch._dynamo
 
-        self.cuda = self.model.encoder.embed_tokens.weight.device.type == "cuda"
         weight = self.model.encoder.embed_tokens.weight
+        self.cuda = weight.device.type == "cuda"
         self.excluded = self.model.config.mask_token_id  # the id the in-graph greedy choice never makes
         self._excluded = torch.tensor([self.excluded], device=weight.device)
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)

@@ -243,9 +243,9 @@ class PaddedBatchBackend:
         chosen: dict[int, SelectedIds] = {}
         top1 = self._graph_top1()
         if top1 is not None:
-            ids, confidence, excluded = (
-                (top1[0], top1[1], top1[2]) if index is None else (*(t[index] for t in top1[:2]), top1[2])
-            )
+            ids, confidence, excluded = top1
+            if index is not None:  # only the wanted rows, as `logits` holds them
+                ids, confidence = ids[index], confidence[index]
             offsets = torch.tensor([0, *(part.shape[0] for part in logits)]).cumsum(0).tolist()
             for i in plain:
                 if requests[i].sampler.banned_ids == (excluded,):
