@@ -7,6 +7,10 @@ A step reads the committed K/V in place (a view, never a copy), writes only its 
 policies' cache operations are index operations on the slot: crop sets the length, keep gathers the
 kept positions to the front. A batched step over neighbouring slots reads all their caches as one
 strided view [layers, rows, KVH, length, D]; a slot's own cache is one contiguous block.
+
+A `layer_major` store lays the same logical tensors out as [layers, slots, KVH, capacity, D] in memory,
+so that one layer's caches of neighbouring slots are one contiguous block (`layer_blocks`): what a
+runtime that takes whole buffers (onnxruntime's I/O binding) can read and write where they lie.
 """
 
 from __future__ import annotations
@@ -51,12 +55,19 @@ class KVStore:
         capacity: int,
         dtype: torch.dtype,
         device: torch.device | str,
+        layer_major: bool = False,
     ) -> None:
         if slots < 1 or capacity < 1:
             raise ValueError(f"a KV store needs >= 1 slot of >= 1 token, got {slots} x {capacity}")
         shape = (slots, layers, kv_heads, capacity, head_dim)
-        self.keys = zeroed(shape, dtype, device)
-        self.values = zeroed(shape, dtype, device)
+        if layer_major:  # the same logical [slots, layers, ...] tensors over [layers, slots, ...] memory
+            stored = (layers, slots, kv_heads, capacity, head_dim)
+            self.keys = zeroed(stored, dtype, device).transpose(0, 1)
+            self.values = zeroed(stored, dtype, device).transpose(0, 1)
+        else:
+            self.keys = zeroed(shape, dtype, device)
+            self.values = zeroed(shape, dtype, device)
+        self.layer_major = layer_major
 
     @property
     def slots(self) -> int:
@@ -69,6 +80,15 @@ class KVStore:
     @property
     def layers(self) -> int:
         return self.keys.shape[1]
+
+    def layer_blocks(self, first: int, rows: int) -> KV:
+        """Keys and values [layers, rows, KVH, capacity, D] of slots [first, first + rows), each layer's
+        one contiguous block (a layer-major store only)."""
+        if not self.layer_major:
+            raise ValueError("only a layer-major KV store holds each layer's slots in one block")
+        if not (first >= 0 and rows >= 1 and first + rows <= self.slots):
+            raise ValueError(f"slots [{first}, {first + rows}) outside [0, {self.slots})")
+        return self.keys[first : first + rows].transpose(0, 1), self.values[first : first + rows].transpose(0, 1)
 
     def cache(self, slot: int) -> KVCache:
         """The (empty) cache of `slot`."""

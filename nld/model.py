@@ -8,6 +8,9 @@ within a group, padding) lives entirely in the bias, so one network serves every
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +20,8 @@ from nld.config import NLDConfig
 from nld.rope import RotaryEmbedding, apply_rotary
 
 KV = tuple[torch.Tensor, torch.Tensor]
+# attention(layer index, q [B, H, T, D], k [B, KVH, T, D], v [B, KVH, T, D]) -> [B, H, T, D]
+LayerAttention = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def fuse_linears(*linears: nn.Linear) -> torch.Tensor:
@@ -100,6 +105,7 @@ class Attention(nn.Module):
         past: KV | None,
         adapter: bool,
         split: bool = False,
+        attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, KV]:
         batch, steps, _ = x.shape
         q, k, v = self.project(x)
@@ -110,7 +116,9 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if query_scale is not None:
             q = q * query_scale.to(q.dtype)
-        if split and past is not None:
+        if attend is not None:  # an attention of the caller's (the in-place ONNX graph's)
+            out = attend(q, k, v)
+        elif split and past is not None:
             out = split_attention(q, k, v, past, bias)
         else:
             keys, values = (k, v) if past is None else (torch.cat((past[0], k), dim=2), torch.cat((past[1], v), dim=2))
@@ -211,16 +219,19 @@ class NLDTransformer(nn.Module):
         past: list[KV] | None = None,
         adapter: bool = False,
         split_attention: bool = False,
+        attention: LayerAttention | None = None,
     ) -> tuple[torch.Tensor, list[KV]]:
         """One step. input_ids/position_ids [B, T]; attention_bias [B, 1, T, P+T] (0 or -inf);
         past: per layer (key, value) [B, KVH, P, D] post-RoPE, read in place with `split_attention`
-        (concatenated with the new K/V otherwise: the exported graph's form, which TensorRT fuses).
+        (concatenated with the new K/V otherwise: the exported graph's form, which TensorRT fuses);
+        `attention`, when given, computes every layer's attention instead.
         Returns (hidden [B, T, H], presents)."""
         hidden = self.encoder.embed_tokens(input_ids)
         rotary = self.rotary(position_ids, hidden.dtype)
         query_scale = self.rotary.query_scale(position_ids)
         presents: list[KV] = []
         for index, layer in enumerate(self.encoder.layers):
+            attend = None if attention is None else functools.partial(attention, index)
             attn_out, present = layer.self_attn(
                 layer.input_layernorm(hidden),
                 rotary,
@@ -229,6 +240,7 @@ class NLDTransformer(nn.Module):
                 None if past is None else past[index],
                 adapter,
                 split_attention,
+                attend,
             )
             presents.append(present)
             hidden = hidden + attn_out

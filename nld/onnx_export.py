@@ -47,10 +47,14 @@ class StepNetwork(torch.nn.Module):
         return tuple(outputs)
 
 
-def io_names(layers: int) -> tuple[list[str], list[str]]:
+def io_names(
+    layers: int, scalars: tuple[str, ...] = ("attention_bias",), past: str = "past_key_values", present: str = "present"
+) -> tuple[list[str], list[str]]:
+    """(inputs, outputs) of a step graph: ids, positions, `scalars`, then `past.{i}.key|value` per layer
+    in; logits and `present.{i}.key|value` out."""
     kv = [f"{i}.{part}" for i in range(layers) for part in ("key", "value")]
-    inputs = ["input_ids", "position_ids", "attention_bias"] + [f"past_key_values.{name}" for name in kv]
-    return inputs, ["logits"] + [f"present.{name}" for name in kv]
+    inputs = ["input_ids", "position_ids", *scalars] + [f"{past}.{name}" for name in kv]
+    return inputs, ["logits"] + [f"{present}.{name}" for name in kv]
 
 
 def _rewrite_in_place(graph_path: Path, rewrite: Callable[[onnx.ModelProto], object]) -> None:
@@ -111,6 +115,20 @@ def export_step_onnx(
         tuple({0: b, 2: p} for _ in range(2 * layers)),
     )
     inputs, outputs = io_names(layers)
+    return export_network(StepNetwork(model, adapter), example, shapes, (inputs, outputs), path, rewrite)
+
+
+def export_network(
+    network: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    shapes: tuple[object, ...],
+    names: tuple[list[str], list[str]],
+    path: str | Path,
+    rewrite: Callable[[onnx.ModelProto], object] | None = None,
+    translations: dict[object, Callable[..., object]] | None = None,
+) -> Path:
+    """Export `network` (traced on `example`, `shapes` dynamic) with (input, output) `names` to `path`, its
+    weights to `<path>.data`, atomically; `translations` map custom torch ops to ONNX functions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The exporter writes the graph and its external weights (`<name>.data`) side by side: export into a
@@ -120,15 +138,16 @@ def export_step_onnx(
         with warnings.catch_warnings(), quiet_logger(REGISTRATION_LOGGER):
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                StepNetwork(model, adapter).eval(),
+                network.eval(),
                 example,
                 str(work / path.name),
-                input_names=inputs,
-                output_names=outputs,
+                input_names=names[0],
+                output_names=names[1],
                 dynamic_shapes=shapes,
                 dynamo=True,
                 optimize=True,
                 verbose=False,
+                custom_translation_table=translations,
             )
         if rewrite is not None:
             _rewrite_in_place(work / path.name, rewrite)

@@ -39,7 +39,8 @@ class StepShape:
 @dataclass
 class StepBatch:
     """One forward's inputs. `row_of[i]` is the batch row of request i; `in_place` tells whether `past`
-    are views of a KV store (else a padded copy)."""
+    are views of a KV store (else a padded copy): of `store`'s slots [first, first + rows), whose committed
+    lengths are `lengths` (0 for rows that only ride along)."""
 
     input_ids: torch.Tensor  # [rows, width] int64
     positions: torch.Tensor  # [rows, width] int64
@@ -48,6 +49,9 @@ class StepBatch:
     past_values: torch.Tensor
     row_of: list[int]
     in_place: bool
+    store: KVStore | None = None
+    first: int = 0
+    lengths: list[int] | None = None
 
 
 def _window(requests: list[StepRequest], rows: int) -> int | None:
@@ -111,13 +115,17 @@ def build_batch(requests: list[StepRequest], shape: StepShape, device: torch.dev
             input_ids[row, :count] = request.token_ids
             positions[row, :count] = request.positions
     bias = torch.where(_visible(requests, row_of, shape), 0.0, float("-inf")).unsqueeze(1)
+    store, lengths = None, [0] * shape.rows
     if first is not None:
         store = requests[0].cache.store
         window = slice(first, first + shape.rows)
         keys, values = (tensor[window, :, :, : shape.prefix].transpose(0, 1) for tensor in (store.keys, store.values))
+        for row, request in zip(row_of, requests, strict=True):
+            lengths[row] = request.cache.length
     else:
         keys, values = _gathered_past(requests, shape, dtype, device)
-    return StepBatch(input_ids.to(device), positions.to(device), bias.to(device), keys, values, row_of, in_place)
+    device_inputs = (tensor.to(device) for tensor in (input_ids, positions, bias))
+    return StepBatch(*device_inputs, keys, values, row_of, in_place, store, first or 0, lengths)
 
 
 def _gathered_past(requests: list[StepRequest], shape: StepShape, dtype: torch.dtype, device: torch.device) -> KV:
@@ -146,8 +154,9 @@ class PaddedBatchBackend:
     gathered_steps: int = 0  # steps whose past could not be read in place (copied)
     forward_seconds: float = 0.0  # time inside the network forwards; the rest of a step is host work
 
-    def _forward(self, batch: StepBatch, adapter: bool) -> tuple[torch.Tensor, KV]:
-        """(per-token outputs [B, T, ...], (present keys, present values) [layers, B, KVH, T, D]) of a batch."""
+    def _forward(self, batch: StepBatch, adapter: bool) -> tuple[torch.Tensor, KV | None]:
+        """(per-token outputs [B, T, ...], (present keys, present values) [layers, B, KVH, T, D]) of a batch;
+        None instead of the presents when the forward wrote every row's new K/V into the store itself."""
         raise NotImplementedError
 
     def _to_logits(self, outputs: torch.Tensor) -> torch.Tensor:
@@ -261,8 +270,13 @@ class PaddedBatchBackend:
         sizes = [logits[i].shape[0] for i in plain]
         return chosen | dict(zip(plain, zip(ids.split(sizes), confidence.split(sizes), strict=True), strict=True))
 
-    def _write(self, writes: list[tuple[StepRequest, int]], presents: KV) -> None:
-        """Write the new tokens' K/V of every (request, batch row) in `writes` after its committed ones."""
+    def _write(self, writes: list[tuple[StepRequest, int]], presents: KV | None) -> None:
+        """Write the new tokens' K/V of every (request, batch row) in `writes` after its committed ones
+        (`presents` None: the forward wrote them there already; they are committed)."""
+        if presents is None:
+            for request, _ in writes:
+                request.cache.length += request.token_ids.shape[0]
+            return
         by_store: dict[int, list[tuple[StepRequest, int]]] = {}
         for request, row in writes:
             by_store.setdefault(id(request.cache.store), []).append((request, row))

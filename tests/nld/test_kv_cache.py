@@ -156,3 +156,27 @@ def test_a_write_past_the_capacity_fails_that_request_alone() -> None:
         backend.step([_step(roomy, [1, 2, 3], causal(3)), _step(full, [7, 8, 9], causal(3))])
     assert isinstance(raised.value.errors[1], CacheFullError) and "capacity 8" in str(raised.value.errors[1])
     assert roomy.length == 3 and full.length == 6
+
+
+def test_a_layer_major_store_holds_each_layers_window_in_one_block() -> None:
+    from nld.kv_cache import KVStore
+
+    store = KVStore(3, 2, 4, 5, 16, torch.float32, "cpu", layer_major=True)
+    plain = KVStore(3, 2, 4, 5, 16, torch.float32, "cpu")
+    assert store.keys.shape == plain.keys.shape == (5, 3, 2, 16, 4)
+    for target in (store, plain):  # the same logical writes and cache operations on both layouts
+        cache = target.cache(2)
+        steps = torch.arange(6 * 2 * 4, dtype=torch.float32).view(6, 2, 4)
+        cache.append([(steps.transpose(0, 1) + layer, -steps.transpose(0, 1)) for layer in range(3)])
+        cache.keep(2, [1, 3])
+        target.move(cache, 1)
+    torch.testing.assert_close(store.keys, plain.keys)
+    torch.testing.assert_close(store.values, plain.values)
+    keys, values = store.layer_blocks(1, 3)
+    assert keys.shape == (3, 3, 2, 16, 4) and all(block.is_contiguous() for block in (*keys, *values))
+    keys[2, 0, 1, 0, 3] = 7.0  # a block is the store's memory, not a copy
+    assert store.keys[1, 2, 1, 0, 3] == 7.0
+    with pytest.raises(ValueError, match="layer-major"):
+        plain.layer_blocks(0, 1)
+    with pytest.raises(ValueError, match="outside"):
+        store.layer_blocks(3, 3)
