@@ -45,7 +45,11 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-chat-template", action="store_true", help="encode --prompt as raw text")
     parser.add_argument("--max-new-tokens", "--max-tokens", type=int, default=128, help="tokens to generate at most")
-    parser.add_argument("--block-length", type=int, help="block size (default: config block_size; 16 for quadratic)")
+    parser.add_argument(
+        "--block-length",
+        type=int,
+        help="block size (default: the config's block_size; quadratic-spec: 2 on a CPU, else 16, at most that)",
+    )
     parser.add_argument("--threshold", type=float, help="confidence threshold for committing / draft filling")
     parser.add_argument("--no-causal-context", action="store_true", help="diffusion: bidirectional prefill/commit")
     parser.add_argument("--temperature", type=float, default=0.0)

@@ -5,21 +5,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer
 
 from nld.errors import NLDError
 from nld.limits import check_prompt_ids, check_request
 from nld.modes import MODES, Decoding, Generation, GenerationParams, run_policy
-from nld.modes.quadratic_spec import default_block
+from nld.modes.quadratic_spec import request_block
 from nld.step import StepBackend
 
 
-def cache_capacity(prompt_length: int, mode: str, params: GenerationParams, block_size: int) -> int:
-    """KV positions one request can need: the prompt, the output, and the widest step written after them
-    (a step is written after at most prompt + max_new_tokens - 1 committed tokens, then cropped)."""
-    block = params.block_length or (default_block(block_size) if mode == "quadratic-spec" else block_size)
-    widest = block * (block + 1) if mode == "quadratic-spec" else block
+def cache_capacity(prompt_length: int, mode: str, params: GenerationParams, block_size: int, device: str) -> int:
+    """KV positions one request can need on a backend on `device` (a torch device type): the prompt, the
+    output, and the widest step written after them (a step is written after at most prompt +
+    max_new_tokens - 1 committed tokens, then cropped)."""
+    if mode == "quadratic-spec":
+        block = request_block(params, block_size, device)
+        widest = block * (block + 1)
+    else:
+        widest = params.block_length or block_size
     return prompt_length + params.max_new_tokens + widest
+
+
+def device_type(backend: StepBackend) -> str:
+    """The torch device type a backend computes on ("cpu" for one that does not say)."""
+    return torch.device(getattr(backend, "device", "cpu")).type
 
 
 def generate(
@@ -38,7 +48,8 @@ def generate(
     params = params or GenerationParams()
     check_prompt_ids(backend.config, prompt_ids)
     check_request(backend.config, mode, len(prompt_ids), params)
-    cache = backend.new_cache(cache_capacity(len(prompt_ids), mode, params, backend.config.block_size))
+    capacity = cache_capacity(len(prompt_ids), mode, params, backend.config.block_size, device_type(backend))
+    cache = backend.new_cache(capacity)
     decoding = Decoding(backend.config, prompt_ids, params, cache, mode, backend.has_adapter, tokenizer)
     return run_policy(backend, decoding, MODES[mode], on_tokens)
 

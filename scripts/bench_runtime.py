@@ -127,9 +127,9 @@ def split_mode(mode: str) -> tuple[str, int | None]:
     return name, int(block) if block else None
 
 
-def compiled_widths(block_size: int, modes: list[str]) -> list[int]:
-    """The step widths the swept modes use: the defaults, plus B or B(B+1) for each `mode@B`."""
-    widths = set(decode_widths(block_size, default_block(block_size)))
+def compiled_widths(block_size: int, modes: list[str], device: str) -> list[int]:
+    """The step widths the swept modes use on `device`: the defaults, plus B or B(B+1) for each `mode@B`."""
+    widths = set(decode_widths(block_size, default_block(block_size, device)))
     for name, block in map(split_mode, modes):
         if block is not None:
             widths.add(block * (block + 1) if name == "quadratic-spec" else block)
@@ -141,7 +141,8 @@ def open_backend(model: str, variant: str, modes: list[str]) -> object:
     backend = load_backend(model, compile=False)
     if VARIANTS[variant]:
         network = backend.model  # type: ignore[attr-defined]
-        backend.compiled = compiled_steps(network, compiled_widths(network.config.block_size, modes))  # type: ignore[attr-defined]
+        widths = compiled_widths(network.config.block_size, modes, backend.device.type)  # type: ignore[attr-defined]
+        backend.compiled = compiled_steps(network, widths)  # type: ignore[attr-defined]
     return backend
 
 

@@ -96,7 +96,9 @@ class TorchBackend(PaddedBatchBackend):
 
 
 def compiled_steps(model: NLDTransformer, widths: Iterable[int] | None = None) -> CompiledSteps:
-    """The compiled step network of `model` for `widths` (default: the modes' decode widths)."""
+    """The compiled step network of `model` for `widths` (default: the modes' decode widths at their
+    default block lengths on the model's device)."""
     config = model.config
-    chosen = decode_widths(config.block_size, default_block(config.block_size)) if widths is None else widths
+    device = model.encoder.embed_tokens.weight.device.type
+    chosen = decode_widths(config.block_size, default_block(config.block_size, device)) if widths is None else widths
     return CompiledSteps(model, tuple(sorted(set(chosen))), config.block_size)

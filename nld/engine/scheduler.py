@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from tokenizers import Tokenizer
 
 from nld.engine.kv_pool import KVLease, KVPool, PoolExhaustedError
-from nld.generate import cache_capacity
+from nld.generate import cache_capacity, device_type
 from nld.limits import ParameterError, check_prompt_ids, check_request
 from nld.modes import MODES, Decoding, Generation, GenerationParams
 from nld.modes.base import Policy
@@ -123,6 +123,7 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.pool = KVPool(backend, self.settings.kv_blocks, self.settings.kv_block_tokens, self.settings.max_batch)
         self._shared_width = getattr(backend, "shared_width", SHARED_WIDTH)
+        self.device = device_type(backend)  # where defaults differ by device (quadratic-spec's block length)
         self.metrics: Counter[str] = Counter()
         self._incoming: list[_Running] = []  # guarded by _wake; moved to _waiting by the stepping thread
         self._waiting: deque[_Running] = deque()
@@ -175,7 +176,8 @@ class Engine:
         return request.request_id
 
     def _capacity(self, request: _Running, mode: str) -> int:
-        return cache_capacity(len(request.prompt_ids), mode, request.params, self.backend.config.block_size)
+        config = self.backend.config
+        return cache_capacity(len(request.prompt_ids), mode, request.params, config.block_size, self.device)
 
     # -- one scheduling round -----------------------------------------------------------------------
     @property

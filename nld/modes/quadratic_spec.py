@@ -9,16 +9,29 @@ from __future__ import annotations
 
 import torch
 
-from nld.modes.base import Decoding, Policy
+from nld.modes.base import Decoding, GenerationParams, Policy
 from nld.modes.linear_spec import accepted_length
 from nld.penalties import SeenTokens
 from nld.step import bidirectional, causal
 
-DEFAULT_BLOCK = 16  # capped at the checkpoint's block_size
+DEFAULT_BLOCK = 16  # the released code's default, capped at the checkpoint's block_size
+# Per device type, where the best block length differs: on a CPU a forward costs in proportion to its
+# tokens, so the smallest block measured best (docs/bench.md, "quadratic-spec's block length on a CPU").
+DEVICE_DEFAULT_BLOCK = {"cpu": 2}
 
 
-def default_block(block_size: int) -> int:
-    return min(DEFAULT_BLOCK, block_size)
+def default_block(block_size: int, device: str | None = None) -> int:
+    """The block length of a quadratic-spec request that names none, on `device` (a torch device type;
+    None: the released code's default)."""
+    return min(DEVICE_DEFAULT_BLOCK.get(device or "", DEFAULT_BLOCK), block_size)
+
+
+def request_block(params: GenerationParams, block_size: int, device: str | None) -> int:
+    """The block length a quadratic-spec request runs at: its own, else the device's default (the released
+    code's under `reference_semantics`)."""
+    if params.block_length:
+        return params.block_length
+    return default_block(block_size, None if params.reference_semantics else device)
 
 
 def first_pass_visibility(prompt_length: int, masks: int) -> torch.Tensor:
@@ -47,7 +60,7 @@ def cycle_layout(block: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def quadratic_spec_policy(decoding: Decoding) -> Policy:
     """NLD.md's quadratic mode: nfe = 1 (first pass) + cycles; tokens per forward counts cycles only."""
-    block = decoding.block_length(default_block(decoding.config.block_size))
+    block = request_block(decoding.params, decoding.config.block_size, decoding.cache.keys.device.type)
     prompt = decoding.prompt
     length = len(prompt)
     masks = torch.full((block,), decoding.mask_id, dtype=torch.long)

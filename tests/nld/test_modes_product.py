@@ -106,12 +106,35 @@ def test_acceptance_lengths_count_what_was_emitted(mode: str) -> None:
     backend = load_backend(str(default_model_dir()))
     prompt = [1, 482, 796, 11, 68, 15, 314, 308]
     shorter = 0
+    block = backend.config.block_size  # one block length for both (quadratic-spec's defaults differ)
     for limit in range(2, 40, 3):
-        result = generate(backend, prompt, mode, GenerationParams(max_new_tokens=limit))
+        result = generate(backend, prompt, mode, GenerationParams(max_new_tokens=limit, block_length=block))
         first = len(result.new_ids) - sum(result.acceptance_lengths)
         assert first in (0, 1) and len(result.new_ids) == limit, (limit, result.acceptance_lengths)
-        reference = generate(backend, prompt, mode, GenerationParams(max_new_tokens=limit, reference_semantics=True))
+        params = GenerationParams(max_new_tokens=limit, block_length=block, reference_semantics=True)
+        reference = generate(backend, prompt, mode, params)
         assert result.acceptance_lengths[:-1] == reference.acceptance_lengths[:-1]
         assert result.acceptance_lengths[-1] <= reference.acceptance_lengths[-1]
         shorter += result.acceptance_lengths[-1] < reference.acceptance_lengths[-1]
     assert shorter  # some limit cut a verify: the product counts what it emitted, the reference all it accepted
+
+
+def test_quadratic_spec_defaults_to_its_measured_best_block_on_a_cpu() -> None:
+    """docs/bench.md, "quadratic-spec's block length on a CPU": B=2 on a CPU, the released default (16,
+    capped at the model's block size) elsewhere and under reference semantics; a request's own wins."""
+    from nld.modes.quadratic_spec import default_block, request_block
+
+    assert default_block(8, "cpu") == 2 and default_block(1, "cpu") == 1
+    assert default_block(8, "cuda") == 8 and default_block(32, "cuda") == 16 and default_block(32, None) == 16
+    assert request_block(GenerationParams(block_length=4), 8, "cpu") == 4
+    assert request_block(GenerationParams(reference_semantics=True), 8, "cpu") == 8
+    from nld.generate import load_backend
+    from nld.models import default_model_dir
+
+    backend = load_backend(str(default_model_dir()))  # the built-in model, whose drafts are accepted
+    prompt = [1, 482, 796, 11, 68, 15, 314, 308]
+    default = generate(backend, prompt, "quadratic-spec", GenerationParams(max_new_tokens=24))
+    two = generate(backend, prompt, "quadratic-spec", GenerationParams(max_new_tokens=24, block_length=2))
+    eight = generate(backend, prompt, "quadratic-spec", GenerationParams(max_new_tokens=24, block_length=8))
+    assert (default.new_ids, default.nfe) == (two.new_ids, two.nfe)
+    assert default.nfe != eight.nfe  # the default is not the old one (B=8 here)
