@@ -103,7 +103,9 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompts", type=int, default=32, help="held-out prompts per mode")
     parser.add_argument("--prompt-length", type=int, default=64, help="tokens per prompt")
     parser.add_argument("--max-new-tokens", "--max-tokens", type=int, default=64, help="tokens per prompt at most")
-    parser.add_argument("--block-length", type=int, help="block size (default: the config's)")
+    parser.add_argument(
+        "--block-length", type=int, help="block size (default: the config's; quadratic-spec: min(16, that))"
+    )
     parser.add_argument("--perplexity-windows", type=int, default=32, help="held-out windows of 256 tokens")
     parser.add_argument("--no-lora", action="store_true", help="ignore the draft adapter")
     parser.add_argument(

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from nld.corpus import evaluation_files, read_source, sample_windows, stdlib_corpus
 from nld.generate import generate
 from nld.modes import MODES, GenerationParams
+from nld.modes.quadratic_spec import default_block
 from nld.sampling import Sampler
 from nld.step import StepBackend, StepRequest, causal, step_one
 from nld.tokenizer import NLDTokenizer
@@ -108,16 +109,19 @@ def evaluate_modes(
     decode: Callable[[list[int]], str] | None = None,
     outputs: dict[tuple[str, bool], list[list[int]]] | None = None,
 ) -> list[ModeReport]:
-    """Run every mode (and linear-spec without the adapter, when there is one) on every prompt.
-    With `decode`, also report characters per forward (comparable across tokenizers); with `outputs`,
-    collect each run's generated ids under (mode, its report's adapter flag)."""
+    """Run every mode (and linear-spec without the adapter, when there is one) on every prompt, at
+    `block_length` (default: the model's block size, and quadratic-spec at the released default
+    whatever the device, so that the model's quality reads the same everywhere). With `decode`, also
+    report characters per forward (comparable across tokenizers); with `outputs`, collect each run's
+    generated ids under (mode, its report's adapter flag)."""
     runs = [(mode, True) for mode in MODES]
     if backend.has_adapter:
         runs.insert(runs.index(("linear-spec", True)) + 1, ("linear-spec", False))
     reference: list[list[int]] = []
     reports = []
     for mode, adapter in runs:
-        params = GenerationParams(max_new_tokens=max_new_tokens, block_length=block_length, use_adapter=adapter)
+        block = block_length or (default_block(backend.config.block_size) if mode == "quadratic-spec" else None)
+        params = GenerationParams(max_new_tokens=max_new_tokens, block_length=block, use_adapter=adapter)
         label = mode if adapter or mode != "linear-spec" else "linear-spec (no adapter)"
         results = [generate(backend, prompt, mode, params) for prompt in progress(prompts, f"eval {label}")]
         if mode == "ar":

@@ -30,3 +30,20 @@ def test_modes_that_equal_ar_report_the_same_repetition() -> None:
         if report.equals_ar == report.prompts:
             assert report.repeated_4grams == ar.repeated_4grams, report.mode
     assert "repeated 4-grams" in markdown_table(list(reports.values()), 40.0)
+
+
+@pytest.mark.skipif(not (BUILTIN_MODEL / "config.json").exists(), reason="built-in model not trained")
+def test_quadratic_spec_is_evaluated_at_the_released_block_on_every_device() -> None:
+    """`nld eval` reads the model's quality the same on a CPU (whose quadratic-spec default is B=2) as on
+    a GPU: quadratic-spec runs at min(16, block size) unless --block-length says otherwise."""
+    from nld.generate import generate
+    from nld.modes import GenerationParams
+
+    backend = load_backend(str(BUILTIN_MODEL))
+    prompt = [1, 482, 796, 11, 68, 15, 314, 308]
+    (report,) = [r for r in evaluate_modes(backend, [prompt], max_new_tokens=24) if r.mode == "quadratic-spec"]
+    block = min(16, backend.config.block_size)
+    expected = generate(backend, prompt, "quadratic-spec", GenerationParams(max_new_tokens=24, block_length=block))
+    assert (report.new_tokens, report.forwards) == (len(expected.new_ids), expected.forwards)
+    (two,) = [r for r in evaluate_modes(backend, [prompt], 24, block_length=2) if r.mode == "quadratic-spec"]
+    assert two.forwards != report.forwards
