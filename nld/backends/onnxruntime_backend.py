@@ -62,12 +62,13 @@ ONNX_FLOAT_TYPES = {
 }
 
 
-def _check_graph_dtype(path: Path, dtype: torch.dtype) -> None:
-    """Refuse a reused graph whose float type is not the one asked for (a bf16 build's graphs, say)."""
+def _check_graph_dtype(path: Path, dtype: torch.dtype, float_input: str = "attention_bias") -> None:
+    """Refuse a reused graph whose float type (that of its `float_input`) is not the one asked for (a bf16
+    build's graphs, say)."""
     if not path.exists():
         return
     inputs = {value.name: value for value in onnx.load(str(path), load_external_data=False).graph.input}
-    found = ONNX_FLOAT_TYPES.get(inputs["attention_bias"].type.tensor_type.elem_type)
+    found = ONNX_FLOAT_TYPES.get(inputs[float_input].type.tensor_type.elem_type)
     if found != dtype:
         hint = " (onnxruntime's CPU provider has no bfloat16 kernels)" if found == torch.bfloat16 else ""
         raise NLDError(f"{path} computes in {found}, not the requested {dtype}{hint}: use --dtype to match it")
@@ -102,7 +103,8 @@ class OnnxRuntimeBackend(PaddedBatchBackend):
         self.store_input_names, self.store_output_names = store_io_names(config.num_hidden_layers)
         self.store_graph_steps = 0  # steps run by the in-place graph
         self.plain_graph_steps = 0  # and by the plain one
-        self._bindings: dict[tuple[int, int, int, bool], object] = {}  # (store, first, rows, adapter) -> binding
+        # (store, first, rows, adapter) -> binding; unlocked: a backend is stepped by one thread at a time
+        self._bindings: dict[tuple[int, int, int, bool], object] = {}
 
     @classmethod
     def from_checkpoint(
@@ -124,6 +126,7 @@ class OnnxRuntimeBackend(PaddedBatchBackend):
             # the in-place graph is exported with the plain ones (graphs exported earlier may come without it),
             # adapter-off only: the draft adapter's steps are diffusion drafts, which it cannot serve
             store_graph = folder / STORE_GRAPH_FILES[False]
+            _check_graph_dtype(store_graph, torch_dtype, "cache.0.key")
             if missing:
                 model = NLDTransformer.from_checkpoint(checkpoint, torch_dtype)
                 for adapter in missing:

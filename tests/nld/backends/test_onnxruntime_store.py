@@ -138,3 +138,24 @@ def test_window_bindings_are_reused_and_let_go_with_their_store(backends) -> Non
     store_id = id(store)
     del store, caches
     assert not any(key[0] == store_id for key in in_place._bindings)  # the store's memory is not held
+
+
+def test_a_reused_in_place_graph_of_another_dtype_is_refused(tmp_path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from nld.checkpoint import load_checkpoint
+    from nld.errors import NLDError
+    from tests.conftest import fixture_dir
+
+    def graph_with_input(name: str, elem_type: int, path) -> None:  # only the inputs are read before refusing
+        value = helper.make_tensor_value_info(name, elem_type, [1])
+        out = helper.make_tensor_value_info("out", elem_type, [1])
+        identity = helper.make_node("Identity", [name], ["out"])
+        onnx.save(helper.make_model(helper.make_graph([identity], "g", [value], [out])), path)
+
+    graph_with_input("attention_bias", TensorProto.FLOAT, tmp_path / "step.onnx")
+    graph_with_input("cache.0.key", TensorProto.FLOAT16, tmp_path / "step_store.onnx")
+    checkpoint = load_checkpoint(fixture_dir(CASE), with_adapter=False)
+    with pytest.raises(NLDError, match=r"step_store.onnx computes in torch.float16, not the requested torch.float32"):
+        OnnxRuntimeBackend.from_checkpoint(checkpoint, onnx_dir=tmp_path)
