@@ -168,7 +168,7 @@ class OnnxRuntimeBackend(PaddedBatchBackend):
     def _store_graph_serves(self, batch: StepBatch, adapter: bool) -> bool:
         """Whether the in-place graph computes this step as the plain graph would (see the module's doc)."""
         store, lengths = batch.store, batch.lengths
-        if adapter not in self.store_sessions or store is None or not store.layer_major or lengths is None:
+        if adapter not in self.store_sessions or store is None or not store.layer_major:
             return False
         rows, width = batch.input_ids.shape
         if len(batch.row_of) != rows or (rows > 1 and width > 1):  # a riding row; the kernel's batch limit
@@ -180,7 +180,7 @@ class OnnxRuntimeBackend(PaddedBatchBackend):
 
     def _forward_in_place(self, batch: StepBatch, adapter: bool) -> torch.Tensor:
         """Run the in-place graph on the batch's window of the store: logits out, new K/V written there."""
-        assert batch.store is not None and batch.lengths is not None
+        assert batch.store is not None
         rows, width = batch.input_ids.shape
         lengths = torch.tensor(batch.lengths, dtype=torch.int32)
         scalars = [
@@ -190,7 +190,7 @@ class OnnxRuntimeBackend(PaddedBatchBackend):
             torch.tensor(int(lengths.max()) + width, dtype=torch.int32),
         ]
         binding = self._window_binding(batch.store, batch.first, rows, adapter)
-        for name, tensor in zip(self.store_input_names, scalars, strict=False):
+        for name, tensor in zip(self.store_input_names[:4], scalars, strict=True):
             binding.bind_cpu_input(name, tensor.numpy())
         binding.bind_output("logits")
         self.store_sessions[adapter].run_with_iobinding(binding)

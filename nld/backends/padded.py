@@ -39,8 +39,8 @@ class StepShape:
 @dataclass
 class StepBatch:
     """One forward's inputs. `row_of[i]` is the batch row of request i; `in_place` tells whether `past`
-    are views of a KV store (else a padded copy): of `store`'s slots [first, first + rows), whose committed
-    lengths are `lengths` (0 for rows that only ride along)."""
+    are views of a KV store (else a padded copy): of `store`'s slots [first, first + rows). `lengths`: each
+    row's committed cache length (0 for rows that only ride along)."""
 
     input_ids: torch.Tensor  # [rows, width] int64
     positions: torch.Tensor  # [rows, width] int64
@@ -49,9 +49,9 @@ class StepBatch:
     past_values: torch.Tensor
     row_of: list[int]
     in_place: bool
+    lengths: list[int]
     store: KVStore | None = None
     first: int = 0
-    lengths: list[int] | None = None
 
 
 def _window(requests: list[StepRequest], rows: int) -> int | None:
@@ -76,21 +76,28 @@ def _by_row(row_of: list[int]) -> list[int]:
     return sorted(range(len(row_of)), key=row_of.__getitem__)
 
 
-def _visible(requests: list[StepRequest], row_of: list[int], shape: StepShape) -> torch.Tensor:
-    """Which positions of [past | step] each query attends to, [rows, width, prefix + width] bool. Rows and
-    columns that are padding attend to themselves only (no row without a key: no NaN)."""
-    rows, width, prefix = shape.rows, shape.width, shape.prefix
-    lengths, counts = [0] * rows, [0] * rows
+def _row_lengths(requests: list[StepRequest], row_of: list[int], rows: int) -> list[int]:
+    """The committed cache length of each batch row (0 for rows that are no request's)."""
+    lengths = [0] * rows
     for row, request in zip(row_of, requests, strict=True):
-        lengths[row], counts[row] = request.cache.length, request.token_ids.shape[0]
+        lengths[row] = request.cache.length
+    return lengths
+
+
+def _visible(requests: list[StepRequest], row_of: list[int], shape: StepShape, lengths: list[int]) -> torch.Tensor:
+    """Which positions of [past | step] each query attends to, [rows, width, prefix + width] bool, given
+    each row's committed `lengths`. Rows and columns that are padding attend to themselves only (no row
+    without a key: no NaN)."""
+    rows, width, prefix = shape.rows, shape.width, shape.prefix
     allowed = torch.empty(rows, width, prefix + width, dtype=torch.bool)
     allowed[:, :, :prefix] = (torch.arange(prefix) < torch.tensor(lengths)[:, None])[:, None, :]
     if _uniform(requests, shape):  # no padding: the requests' own visibilities, stacked
         allowed[:, :, prefix:] = torch.stack([requests[i].visibility.cpu() for i in _by_row(row_of)])
         return allowed
     allowed[:, :, prefix:] = False
+    counts = [0] * rows
     for row, request in zip(row_of, requests, strict=True):
-        count = request.token_ids.shape[0]
+        count = counts[row] = request.token_ids.shape[0]
         allowed[row, :count, prefix : prefix + count] = request.visibility.cpu()
     steps = torch.arange(width)
     padding = steps[None, :] >= torch.tensor(counts)[:, None]  # [rows, width]
@@ -114,18 +121,17 @@ def build_batch(requests: list[StepRequest], shape: StepShape, device: torch.dev
             count = request.token_ids.shape[0]
             input_ids[row, :count] = request.token_ids
             positions[row, :count] = request.positions
-    bias = torch.where(_visible(requests, row_of, shape), 0.0, float("-inf")).unsqueeze(1)
-    store, lengths = None, [0] * shape.rows
+    lengths = _row_lengths(requests, row_of, shape.rows)
+    bias = torch.where(_visible(requests, row_of, shape, lengths), 0.0, float("-inf")).unsqueeze(1)
+    store = None
     if first is not None:
         store = requests[0].cache.store
         window = slice(first, first + shape.rows)
         keys, values = (tensor[window, :, :, : shape.prefix].transpose(0, 1) for tensor in (store.keys, store.values))
-        for row, request in zip(row_of, requests, strict=True):
-            lengths[row] = request.cache.length
     else:
         keys, values = _gathered_past(requests, shape, dtype, device)
     device_inputs = (tensor.to(device) for tensor in (input_ids, positions, bias))
-    return StepBatch(*device_inputs, keys, values, row_of, in_place, store, first or 0, lengths)
+    return StepBatch(*device_inputs, keys, values, row_of, in_place, lengths, store, first or 0)
 
 
 def _gathered_past(requests: list[StepRequest], shape: StepShape, dtype: torch.dtype, device: torch.device) -> KV:

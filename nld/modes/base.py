@@ -128,8 +128,9 @@ class Decoding:
     def prompt(self) -> torch.Tensor:
         return self._prompt
 
-    def block_length(self, default: int | None = None) -> int:
-        return self.params.block_length or default or self.config.block_size
+    def block_length(self) -> int:
+        """The request's block length, or the model's block size (quadratic-spec has its own default)."""
+        return self.params.block_length or self.config.block_size
 
     def positions(self, count: int, start: int | None = None) -> torch.Tensor:
         """Positions of `count` tokens placed right after the committed cache (or at `start`)."""
