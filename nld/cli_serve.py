@@ -18,6 +18,8 @@ from nld.serving.client import NLDClient
 from nld.serving.inputs import REQUEST_MODES
 from nld.serving.openai_server import ROUTER_FLAGS, OpenAIServer, OpenAISettings
 from nld.serving.repository import (
+    MAX_STREAM_INTERVAL_MS,
+    STREAM_INTERVAL_MS,
     RepositorySettings,
     check_servable,
     compile_setting,
@@ -50,6 +52,7 @@ def add_serving_commands(
         help="mode auto: self-speculate while fewer requests than this run, else AR; a number, or the "
         "crossover.json (or bench.json) of an nld bench run on the serving hardware",
     )
+    _add_stream_interval(repo)
     repo.set_defaults(handler=lambda args: run_repo(args, model_dir(args)))
 
     serve = subparsers.add_parser("serve", help="run tritonserver on a model repository until Ctrl-C")
@@ -82,6 +85,7 @@ def add_serving_commands(
     openai.add_argument("--max-batch", type=int, default=defaults.max_batch, help="requests decoded at once per worker")
     openai.add_argument("--kv-blocks", type=int, default=defaults.kv_blocks, help="KV pool size in blocks per worker")
     openai.add_argument("--auto-threshold", type=_auto_threshold, default=defaults.auto_threshold)
+    _add_stream_interval(openai)
     openai.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every worker to register")
     openai.set_defaults(handler=lambda args: run_serve_openai(args, model_dir(args)))
 
@@ -108,6 +112,16 @@ def add_serving_commands(
     client.set_defaults(handler=run_client)
 
 
+def _add_stream_interval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--stream-interval-ms",
+        type=int,
+        default=STREAM_INTERVAL_MS,
+        help="a request's streamed responses at most this often; tokens in between go out together "
+        f"(0: one response per step; at most {MAX_STREAM_INTERVAL_MS})",
+    )
+
+
 def _auto_threshold(value: str) -> int:
     """--auto-threshold: an integer, or a file whose measured crossover gives it."""
     if value.strip().isdigit():
@@ -132,6 +146,7 @@ def run_repo(args: argparse.Namespace, model_dir: str) -> int:
         default_max_tokens=args.default_max_tokens,
         auto_threshold=args.auto_threshold,
         compile=compile_setting(args.compile),
+        stream_interval_ms=args.stream_interval_ms,
     )
     check_servable(settings, needs_tokenizer=False)
     if not has_tokenizer(settings):
@@ -165,10 +180,11 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_serve_openai(args: argparse.Namespace, model_dir: str) -> int:
     build = str(args.build.resolve()) if args.build else ""
     servable = RepositorySettings(model_dir, args.backend, build, args.dtype, args.device)
-    check_servable(replace(servable, compile=compile_setting(args.compile)))  # before any start
+    check_servable(replace(servable, compile=compile_setting(args.compile), stream_interval_ms=args.stream_interval_ms))
     options = ["--model", model_dir, "--backend", args.backend, "--dtype", args.dtype, "--device", args.device]
     options += ["--default-mode", args.default_mode, "--max-batch", str(args.max_batch)]
     options += ["--kv-blocks", str(args.kv_blocks), "--auto-threshold", str(args.auto_threshold)]
+    options += ["--stream-interval-ms", str(args.stream_interval_ms)]
     if args.compile is not None:
         options.append("--compile" if args.compile else "--no-compile")
     if build:

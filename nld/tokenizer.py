@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from nld.chat_template import PLAIN_CHAT_TEMPLATE, check_messages, load_chat_template, render_chat, special_tokens
+from nld.chat_template import check_messages, load_chat_template, plain_chat_template, render_chat, special_tokens
 from nld.errors import ConfigError
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -41,7 +41,7 @@ class NLDTokenizer:
         """A conversation through the chat template (transformers' semantics), or nld's plain template
         when the checkpoint has none."""
         check_messages(messages)
-        template = self.chat_template or PLAIN_CHAT_TEMPLATE.read_text()
+        template = self.chat_template or plain_chat_template()
         return render_chat(template, messages, self.special, add_generation_prompt)
 
     def encode_messages(self, messages: list[dict]) -> list[int]:

@@ -23,11 +23,13 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer
 
 from nld.engine.kv_pool import KVLease, KVPool, PoolExhaustedError
+from nld.engine.model_thread import ModelThread
 from nld.generate import cache_capacity, device_type
 from nld.limits import ParameterError, check_prompt_ids, check_request
 from nld.modes import MODES, Decoding, Generation, GenerationParams
@@ -83,6 +85,17 @@ class Update:
     text: str = ""
     logprobs: list[TokenLogprob] | None = None
 
+    def then(self, later: Update) -> Update:
+        """This update and the `later` one of the same request as one (a front end that sends fewer,
+        larger responses when its client reads slower than the engine steps)."""
+        logprobs = None
+        if self.logprobs is not None or later.logprobs is not None:
+            logprobs = [*(self.logprobs or []), *(later.logprobs or [])]
+        new_ids = [*self.new_ids, *later.new_ids]
+        return Update(
+            self.request_id, new_ids, later.finished, later.generation, later.error, self.text + later.text, logprobs
+        )
+
 
 Listener = Callable[[Update], None]
 
@@ -130,7 +143,8 @@ class Engine:
         self._running: list[_Running] = []
         self._ids = itertools.count()
         self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
+        self._thread: ModelThread | None = None  # the thread the background loop steps on
+        self._loop_done: Future[None] | None = None
         self._stop = False
         self._clock = 0.0  # the least charge of any running request, as of the last round
         self._costs: dict[tuple[bool, int], float] = {}  # seconds per forward, by group
@@ -329,20 +343,48 @@ class Engine:
         self._stream(request, finished=True, error=error)
 
     # -- background loop ----------------------------------------------------------------------------
-    def start(self) -> None:
-        """Step in a background thread whenever there is work."""
+    @classmethod
+    def launch(
+        cls,
+        load: Callable[[], StepBackend],
+        settings: EngineSettings | None = None,
+        tokenizer: Tokenizer | None = None,
+        wants_text: bool = True,
+    ) -> tuple[Engine, float]:
+        """A server's engine: `load` the backend, build and warm up the engine, and step it in the
+        background, all on one new thread (nld/engine/model_thread.py says why); returns the running
+        engine and the seconds its warm-up took."""
+        thread = ModelThread()
+        try:
+
+            def build() -> tuple[Engine, float]:
+                engine = cls(load(), settings, tokenizer, wants_text)
+                return engine, engine.warm_up()
+
+            engine, compiling = thread.call(build)
+        except BaseException:  # a failed load, or Ctrl-C while waiting: do not wait for the job
+            thread.close(wait=False)
+            raise
+        engine.start(thread)
+        return engine, compiling
+
+    def start(self, thread: ModelThread | None = None) -> None:
+        """Step in the background whenever there is work: on `thread` (the one the backend was loaded
+        on, see `launch`) or on a new one; the engine closes it when it stops."""
         if self._thread is None:
             self._stop = False
-            self._thread = threading.Thread(target=self._loop, name="nld-engine", daemon=True)
-            self._thread.start()
+            self._thread = thread or ModelThread()
+            self._loop_done = self._thread.submit(self._loop)
 
     def stop(self) -> None:
         with self._wake:
             self._stop = True
             self._wake.notify()
         if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+            assert self._loop_done is not None
+            self._thread.close()
+            self._loop_done.result()
+            self._thread = self._loop_done = None
 
     def _loop(self) -> None:
         while True:

@@ -33,7 +33,10 @@ from nld.modes import GenerationParams
 from nld.sampling import TokenLogprob
 from nld.serving.inputs import REQUEST_MODES
 from nld.serving.metrics import engine_samples, prometheus_text
+from nld.serving.outbox import coalesced
+from nld.serving.repository import STREAM_INTERVAL_MS, check_stream_interval
 from nld.serving.served_names import default_served_name, endpoint_name, served_names
+from nld.step import StepBackend
 from nld.tokenizer import NLDTokenizer
 
 LOG = logging.getLogger("nld.dynamo")
@@ -120,9 +123,12 @@ def logprob_fields(logprobs: list[TokenLogprob], top: int) -> dict[str, Any]:
 class NLDHandler:
     """Turns one Dynamo request into one engine submission in `mode` and streams its updates back."""
 
-    def __init__(self, engine: Engine, tokenizer: NLDTokenizer | None, mode: str = DEFAULT_MODE) -> None:
+    def __init__(
+        self, engine: Engine, tokenizer: NLDTokenizer | None, mode: str = DEFAULT_MODE, interval: float = 0.0
+    ) -> None:
         self.engine = engine
         self.mode = mode
+        self.interval = interval  # seconds: a request's chunks at most this often (nld/serving/outbox.py)
         self.prefix, self.suffix = special_affixes(tokenizer) if tokenizer is not None else ([], [])
 
     def prompt_ids(self, token_ids: list[int]) -> list[int]:
@@ -184,14 +190,15 @@ class NLDHandler:
         except ParameterError as error:
             raise InvalidArgument(f"{OPENAI_NAMES.get(error.field, error.field)}: {error.problem}") from None
         produced = 0
-        while True:
-            update = await updates.get()
-            if update.error is not None:
-                raise RuntimeError(f"generation failed: {update.error}")
+        async for update in coalesced(updates, self.interval):
             produced += len(update.new_ids)
             chunk: dict[str, Any] = {"token_ids": update.new_ids}
             if update.logprobs is not None and update.new_ids:
                 chunk.update(logprob_fields(update.logprobs, params.logprobs or 0))
+            if update.error is not None:
+                if update.new_ids:  # tokens final before the failure, as they would have streamed
+                    yield chunk
+                raise RuntimeError(f"generation failed: {update.error}")
             if update.finished:
                 reason = update.generation.finish_reason if update.generation else None
                 chunk["finish_reason"] = FINISH_REASONS.get(reason or "", "length")
@@ -200,8 +207,6 @@ class NLDHandler:
                     "completion_tokens": produced,
                     "total_tokens": len(prompt_ids) + produced,
                 }
-                yield chunk
-                return
             yield chunk
 
 
@@ -213,19 +218,23 @@ async def serve(args: argparse.Namespace) -> None:
     from dynamo.llm import ModelInput, ModelRuntimeConfig, ModelType, WorkerType, register_model
     from dynamo.runtime import DistributedRuntime
 
-    backend = load_backend(
-        args.model, args.backend, args.dtype, args.device, build_dir=args.build, compile=args.compile
-    )
     tokenizer = NLDTokenizer.from_dir(args.model)
     if tokenizer is None:
         raise SystemExit(f"{args.model}: no tokenizer.json; Dynamo's frontend tokenizes with it")
     template = chat_template_file(args.model)
     settings = EngineSettings(max_batch=args.max_batch, kv_blocks=args.kv_blocks, auto_threshold=args.auto_threshold)
-    engine = Engine(backend, settings, tokenizer.tokenizer, wants_text=False)  # text for stop strings only
-    compiling = engine.warm_up()  # a compiled backend: every step shape now, before any request
+    check_stream_interval(args.stream_interval_ms)
+
+    def load() -> StepBackend:
+        return load_backend(
+            args.model, args.backend, args.dtype, args.device, build_dir=args.build, compile=args.compile
+        )
+
+    # text for stop strings only; loaded, warmed up (every compiled step shape) and stepped on one thread
+    engine, compiling = Engine.launch(load, settings, tokenizer.tokenizer, wants_text=False)
+    backend = engine.backend
     if compiling:
         LOG.info("compiled the engine's step shapes in %.1f s", compiling)
-    engine.start()
     loop = asyncio.get_running_loop()
     runtime = DistributedRuntime(loop, args.discovery_backend, "tcp", event_plane="zmq")
     runtime_config = ModelRuntimeConfig()
@@ -245,7 +254,8 @@ async def serve(args: argparse.Namespace) -> None:
             runtime_config=runtime_config,
             custom_template_path=template,
         )
-        served.append((endpoint, NLDHandler(engine, tokenizer, mode or args.default_mode)))
+        handler = NLDHandler(engine, tokenizer, mode or args.default_mode, args.stream_interval_ms / 1000)
+        served.append((endpoint, handler))
     served[0][0].metrics.register_prometheus_expfmt_callback(lambda: prometheus_text(engine_samples(engine)))
     LOG.info("serving %s as %s (+ :mode names) in namespace %s", args.model, args.name, args.namespace)
     try:
@@ -270,6 +280,7 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--component", default="backend")
     parser.add_argument("--default-mode", choices=list(REQUEST_MODES), default=DEFAULT_MODE)
     parser.add_argument("--auto-threshold", type=int, default=EngineSettings.auto_threshold)
+    parser.add_argument("--stream-interval-ms", type=int, default=STREAM_INTERVAL_MS)
     parser.add_argument("--status-port", type=int, help="serve /health and /metrics on this port")
     parser.add_argument("--max-batch", type=int, default=EngineSettings.max_batch)
     parser.add_argument("--kv-blocks", type=int, default=EngineSettings.kv_blocks)

@@ -22,6 +22,18 @@ from nld.tokenizer import TOKENIZER_FILE
 MODEL_NAME = "nld"
 
 
+# Streamed responses of one request go out at most this often (nld/serving/outbox.py says why); 0: one
+# response per engine step that emits tokens.
+STREAM_INTERVAL_MS = 10
+MAX_STREAM_INTERVAL_MS = 1000
+
+
+def check_stream_interval(milliseconds: int) -> None:
+    """The stream interval's bounds, named."""
+    if not 0 <= milliseconds <= MAX_STREAM_INTERVAL_MS:
+        raise NLDError(f"stream_interval_ms must be in [0, {MAX_STREAM_INTERVAL_MS}], got {milliseconds}")
+
+
 COMPILE_SETTINGS = {"on": True, "off": False, "auto": None}  # config value -> load_backend's `compile`
 
 
@@ -46,6 +58,7 @@ class RepositorySettings:
     default_max_tokens: int = 128
     auto_threshold: int = 4
     compile: str = "auto"  # on | off | auto (the device's measured default): the torch backend's steps compiled
+    stream_interval_ms: int = STREAM_INTERVAL_MS  # a request's streamed responses at most this often
 
     def check(self) -> None:
         from nld.backends import BACKENDS, BUILD_ARTIFACTS
@@ -63,6 +76,7 @@ class RepositorySettings:
         for name in ("max_batch", "kv_blocks", "kv_block_tokens", "default_max_tokens", "auto_threshold"):
             if getattr(self, name) < 1:
                 raise NLDError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_stream_interval(self.stream_interval_ms)
 
 
 def check_servable(settings: RepositorySettings, needs_tokenizer: bool = True) -> None:

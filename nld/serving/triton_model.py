@@ -10,7 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import locale
+import math
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +27,38 @@ from nld.limits import ParameterError, max_prompt_bytes
 from nld.sampling import TokenLogprob
 from nld.serving.inputs import INPUTS, PROMPT_INPUTS, InputError, ServeRequest, input_error, parse_inputs
 from nld.serving.metrics import METRICS, MODE_LABEL, engine_samples
-from nld.serving.repository import COMPILE_SETTINGS
+from nld.serving.outbox import Outbox
+from nld.serving.repository import COMPILE_SETTINGS, STREAM_INTERVAL_MS
+from nld.step import StepBackend
 from nld.tokenizer import NLDTokenizer
+
+# How often a running request asks tritonserver whether its client cancelled: the question is a round
+# trip to the parent process, too dear for every step of every request.
+CANCEL_CHECK_SECONDS = 0.02
+
+
+@dataclass(eq=False)
+class _Reply:
+    """Where a request's responses go (hashed by identity: the outbox's key)."""
+
+    sender: Any
+    stream: bool
+    width: int  # top log-probabilities per token
+
+
+def at_most_every(seconds: float, check: Callable[[], bool]) -> Callable[[], bool]:
+    """`check`, asked at most once per `seconds` (a sticky yes: a cancelled request stays cancelled)."""
+    asked_at = -math.inf
+    answer = False
+
+    def throttled() -> bool:
+        nonlocal asked_at, answer
+        now = time.monotonic()
+        if not answer and now - asked_at >= seconds:
+            asked_at, answer = now, check()
+        return answer
+
+    return throttled
 
 
 def _parameters(model_config: dict) -> dict[str, str]:
@@ -65,19 +99,7 @@ class TritonPythonModel:
         repository = Path(args["model_repository"]).parent  # relative paths (a build's) start here
         model_dir = str(repository / parameters["model_dir"])
         build_dir = parameters.get("build_dir")
-        backend = load_backend(
-            model_dir,
-            parameters["backend"],
-            parameters["dtype"],
-            parameters["device"],
-            build_dir=str(repository / build_dir) if build_dir else None,
-            compile=COMPILE_SETTINGS[parameters.get("compile", "auto")],
-        )
         self.tokenizer = NLDTokenizer.from_dir(model_dir)  # None: token-id prompts only, empty text_output
-        context = backend.config.max_position_embeddings
-        self.context = context
-        longest = self.tokenizer.longest_token_bytes() if self.tokenizer is not None else 1
-        self.max_prompt_bytes = max_prompt_bytes(context, longest)
         settings = EngineSettings(
             max_batch=int(parameters["max_batch"]),
             kv_blocks=int(parameters["kv_blocks"]),
@@ -86,10 +108,28 @@ class TritonPythonModel:
         )
         self.default_mode = parameters["default_mode"]
         self.default_max_tokens = int(parameters["default_max_tokens"])
-        self.engine = Engine(backend, settings, self.tokenizer.tokenizer if self.tokenizer is not None else None)
-        compiling = self.engine.warm_up()  # a compiled backend: every step shape now, not on a request's time
+
+        def load() -> StepBackend:
+            return load_backend(
+                model_dir,
+                parameters["backend"],
+                parameters["dtype"],
+                parameters["device"],
+                build_dir=str(repository / build_dir) if build_dir else None,
+                compile=COMPILE_SETTINGS[parameters.get("compile", "auto")],
+            )
+
+        # loaded, warmed up (every compiled step shape, not on a request's time) and stepped on one thread
+        tokenizer = self.tokenizer.tokenizer if self.tokenizer is not None else None
+        interval = int(parameters.get("stream_interval_ms", STREAM_INTERVAL_MS)) / 1000
+        self.outbox: Outbox[_Reply] = Outbox(self._send, interval)
+        self.engine, compiling = Engine.launch(load, settings, tokenizer)
         if compiling:
             pb_utils.Logger.log_info(f"nld: compiled the engine's step shapes in {compiling:.1f} s")
+        context = self.engine.backend.config.max_position_embeddings
+        self.context = context
+        longest = self.tokenizer.longest_token_bytes() if self.tokenizer is not None else 1
+        self.max_prompt_bytes = max_prompt_bytes(context, longest)
         self.families = {
             name: pb_utils.MetricFamily(name=name, description=text, kind=getattr(pb_utils.MetricFamily, kind))
             for name, (kind, text) in METRICS.items()
@@ -98,7 +138,6 @@ class TritonPythonModel:
         self.metrics_lock = threading.Lock()
         self.reported: dict[tuple[str, str], float] = {}
         self._publish_metrics()
-        self.engine.start()
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
@@ -107,6 +146,7 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.engine.stop()
+        self.outbox.close()
 
     # -- one request --------------------------------------------------------------------------------
     def _start(self, request: Any) -> None:
@@ -123,14 +163,13 @@ class TritonPythonModel:
             )
             prompt_input = next(name for name in PROMPT_INPUTS if tensors.get(name) is not None)
             prompt_ids = self._prompt_ids(parsed, prompt_input)
-            pending = Update("", [], logprobs=[] if parsed.params.logprobs is not None else None)
+            reply = _Reply(sender, parsed.stream, parsed.params.logprobs or 0)
 
-            width = parsed.params.logprobs or 0
+            def listen(update: Update) -> None:  # on the engine's thread: hand over, never wait on a send
+                self.outbox.put(reply, update, due=reply.stream)
 
-            def listen(update: Update) -> None:
-                self._respond(sender, pending, parsed.stream, update, width)
-
-            self.engine.submit(prompt_ids, parsed.mode, parsed.params, listen, request.is_cancelled)
+            cancelled = at_most_every(CANCEL_CHECK_SECONDS, request.is_cancelled)
+            self.engine.submit(prompt_ids, parsed.mode, parsed.params, listen, cancelled)
         except InputError as error:
             sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(str(error))), flags=final)
         except ParameterError as error:  # the engine's model-dependent bounds, under the input's name
@@ -152,21 +191,18 @@ class TritonPythonModel:
         assert parsed.text is not None
         return self.tokenizer.encode_prompt(parsed.text)
 
-    def _respond(self, sender: Any, pending: Update, stream: bool, update: Update, width: int) -> None:
-        """Send a streamed update as it comes; otherwise gather them in `pending` and send one at the end."""
+    def _send(self, reply: _Reply, update: Update) -> None:
+        """Send one response (on the outbox's thread): a streamed piece, the error, or the final response
+        with the request's stats (which, unstreamed, holds the whole output)."""
         final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         if update.error is not None:
-            sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(update.error)), flags=final)
+            if reply.stream and update.new_ids:  # tokens final before the failure, as they would have streamed
+                reply.sender.send(self._response(update.text, update.new_ids, update.logprobs, reply.width))
+            reply.sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(update.error)), flags=final)
             self._publish_metrics()
             return
-        if stream and not update.finished:
-            sender.send(self._response(update.text, update.new_ids, update.logprobs, width))
-            return
-        pending.new_ids.extend(update.new_ids)
-        pending.text += update.text
-        if pending.logprobs is not None and update.logprobs is not None:
-            pending.logprobs.extend(update.logprobs)
         if not update.finished:
+            reply.sender.send(self._response(update.text, update.new_ids, update.logprobs, reply.width))
             return
         generation = update.generation
         stats = {}
@@ -179,7 +215,8 @@ class TritonPythonModel:
                 "acceptance_lengths": generation.acceptance_lengths,
                 "decoded_mode": generation.mode,
             }
-        sender.send(self._response(pending.text, pending.new_ids, pending.logprobs, width, stats), flags=final)
+        response = self._response(update.text, update.new_ids, update.logprobs, reply.width, stats)
+        reply.sender.send(response, flags=final)
         self._publish_metrics()
 
     def _response(

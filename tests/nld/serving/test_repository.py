@@ -46,6 +46,7 @@ def test_bad_settings_fail_before_anything_is_written(tmp_path: Path) -> None:
     [
         (["--backend", "bogus"], "--backend 'bogus' is not one of torch, onnxruntime, tensorrt"),
         (["--build", "{tmp}"], "no manifest.json; is it an nld-build output?"),
+        (["--stream-interval-ms", "5000"], "stream_interval_ms must be in [0, 1000], got 5000"),
     ],
 )
 def test_nld_repo_refuses_what_the_server_would_fail_on(

@@ -1,0 +1,145 @@
+"""Responses on their own thread, at most one per request per stream interval: nothing lost, nothing
+reordered, the first and the last never held back (Outbox for Triton, coalesced for asyncio)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from nld.engine import Update
+from nld.sampling import TokenLogprob
+from nld.serving.outbox import Outbox, coalesced
+
+
+def piece(i: int, finished: bool = False, error: str | None = None) -> Update:
+    return Update("r", [i], finished=finished, error=error, text=f"<{i}>", logprobs=[TokenLogprob(-float(i), [])])
+
+
+class Sent:
+    """A send function that records (key, update, time) and can be held on its first call."""
+
+    def __init__(self, hold_first: bool = False) -> None:
+        self.calls: list[tuple[str, Update, float]] = []
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.hold_first = hold_first
+        self.done = threading.Event()
+
+    def __call__(self, key: str, update: Update) -> None:
+        self.entered.set()
+        if self.hold_first and not self.calls:
+            assert self.release.wait(10)
+        self.calls.append((key, update, time.monotonic()))
+        if update.finished:
+            self.done.set()
+
+    def ids(self, key: str) -> list[list[int]]:
+        return [update.new_ids for sent_key, update, _ in self.calls if sent_key == key]
+
+
+def test_updates_that_queue_behind_a_busy_send_go_out_as_one_in_order() -> None:
+    sent = Sent(hold_first=True)
+    outbox: Outbox[str] = Outbox(sent)
+    outbox.put("a", piece(0))
+    assert sent.entered.wait(10)  # the sender is inside the first send, held
+    for i in range(1, 5):
+        outbox.put("a", piece(i))
+    outbox.put("b", piece(9, finished=True))
+    sent.release.set()
+    outbox.close()
+    assert sent.ids("a") == [[0], [1, 2, 3, 4]]
+    merged = sent.calls[1][1] if sent.calls[1][0] == "a" else sent.calls[2][1]
+    assert merged.text == "<1><2><3><4>" and [entry.logprob for entry in merged.logprobs or []] == [-1, -2, -3, -4]
+    assert sent.ids("b") == [[9]]
+
+
+def test_within_the_interval_pieces_wait_and_join_but_the_first_and_the_last_do_not() -> None:
+    sent = Sent()
+    outbox: Outbox[str] = Outbox(sent, interval=0.5)
+    began = time.monotonic()
+    outbox.put("a", piece(0))
+    for i in range(1, 4):
+        time.sleep(0.01)
+        outbox.put("a", piece(i))
+    time.sleep(0.55)  # the interval passes: 1..3 go out once, together
+    outbox.put("a", piece(4))
+    outbox.put("a", piece(5, finished=True))  # the last goes at once, with what waits
+    assert sent.done.wait(10)
+    outbox.close()
+    times = [at - began for _, _, at in sent.calls]
+    assert sent.ids("a") == [[0], [1, 2, 3], [4, 5]]
+    assert times[0] < 0.2  # the first: at once
+    assert 0.48 < times[1] < 0.8  # one interval after the first
+    assert times[2] - times[1] < 0.35  # the last did not wait for the next interval (0.5 s)
+    assert sent.calls[-1][1].finished
+
+
+def test_an_unstreamed_request_gets_one_response_at_its_end() -> None:
+    sent = Sent()
+    outbox: Outbox[str] = Outbox(sent)
+    for i in range(3):
+        outbox.put("a", piece(i), due=False)
+    time.sleep(0.05)
+    assert sent.calls == []
+    outbox.put("a", piece(3, finished=True), due=False)
+    outbox.close()
+    assert sent.ids("a") == [[0, 1, 2, 3]] and sent.calls[0][1].finished
+
+
+def test_a_failing_send_does_not_stop_the_other_requests() -> None:
+    sent = Sent()
+
+    def send(key: str, update: Update) -> None:
+        if key == "closed":
+            raise RuntimeError("stream closed")
+        sent(key, update)
+
+    outbox: Outbox[str] = Outbox(send)
+    outbox.put("closed", piece(0, finished=True))
+    outbox.put("open", piece(1, finished=True))
+    outbox.close()
+    assert sent.ids("open") == [[1]]
+
+
+def test_the_asyncio_sibling_joins_the_same_way() -> None:
+    async def run() -> list[tuple[list[int], float]]:
+        updates: asyncio.Queue[Update] = asyncio.Queue()
+        out: list[tuple[list[int], float]] = []
+        began = asyncio.get_running_loop().time()
+
+        async def produce() -> None:
+            for i in range(4):
+                updates.put_nowait(piece(i))
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.55)
+            updates.put_nowait(piece(4))
+            updates.put_nowait(piece(5, finished=True))
+            updates.put_nowait(piece(6))  # after the last: never read
+
+        producer = asyncio.create_task(produce())
+        async for update in coalesced(updates, 0.5):
+            out.append((update.new_ids, asyncio.get_running_loop().time() - began))
+        await producer
+        return out
+
+    out = asyncio.run(run())
+    assert [ids for ids, _ in out] == [[0], [1, 2, 3], [4, 5]]
+    assert out[0][1] < 0.2 and 0.48 < out[1][1] < 0.8 and out[2][1] - out[1][1] < 0.35
+
+
+def test_interval_zero_yields_each_piece_that_comes_alone() -> None:
+    async def run() -> list[list[int]]:
+        updates: asyncio.Queue[Update] = asyncio.Queue()
+
+        async def produce() -> None:
+            for i in range(3):
+                updates.put_nowait(piece(i, finished=i == 2))
+                await asyncio.sleep(0.02)
+
+        producer = asyncio.create_task(produce())
+        out = [update.new_ids async for update in coalesced(updates, 0.0)]
+        await producer
+        return out
+
+    assert asyncio.run(run()) == [[0], [1], [2]]
