@@ -33,7 +33,7 @@ from nld.modes import GenerationParams
 from nld.sampling import TokenLogprob
 from nld.serving.inputs import REQUEST_MODES
 from nld.serving.metrics import engine_samples, prometheus_text
-from nld.serving.outbox import coalesced
+from nld.serving.outbox import Outbox
 from nld.serving.repository import STREAM_INTERVAL_MS, check_stream_interval
 from nld.serving.served_names import default_served_name, endpoint_name, served_names
 from nld.step import StepBackend
@@ -120,15 +120,28 @@ def logprob_fields(logprobs: list[TokenLogprob], top: int) -> dict[str, Any]:
     return fields
 
 
+@dataclasses.dataclass(eq=False)
+class _Chunks:
+    """Where one request's updates go: its handler's queue, on the handler's event loop."""
+
+    loop: asyncio.AbstractEventLoop
+    updates: asyncio.Queue[Update]
+
+    def deliver(self, update: Update) -> None:
+        """On the outbox's thread: wake the handler once per (joined) update."""
+        self.loop.call_soon_threadsafe(self.updates.put_nowait, update)
+
+
 class NLDHandler:
     """Turns one Dynamo request into one engine submission in `mode` and streams its updates back."""
 
     def __init__(
-        self, engine: Engine, tokenizer: NLDTokenizer | None, mode: str = DEFAULT_MODE, interval: float = 0.0
+        self, engine: Engine, tokenizer: NLDTokenizer | None, mode: str = DEFAULT_MODE, outbox: Outbox | None = None
     ) -> None:
         self.engine = engine
         self.mode = mode
-        self.interval = interval  # seconds: a request's chunks at most this often (nld/serving/outbox.py)
+        # a request's updates reach its event loop through here, at most once per stream interval
+        self.outbox: Outbox[_Chunks] = outbox or Outbox(_Chunks.deliver)
         self.prefix, self.suffix = special_affixes(tokenizer) if tokenizer is not None else ([], [])
 
     def prompt_ids(self, token_ids: list[int]) -> list[int]:
@@ -176,21 +189,17 @@ class NLDHandler:
         """Dynamo's handler: yields {"token_ids": [...]} chunks, the last with finish_reason and usage."""
         from dynamo.llm.exceptions import InvalidArgument
 
-        loop = asyncio.get_running_loop()
-        updates: asyncio.Queue[Update] = asyncio.Queue()
+        chunks = _Chunks(asyncio.get_running_loop(), asyncio.Queue())
         try:
             prompt_ids, mode, params = self.parse(request)
             self.engine.submit(
-                prompt_ids,
-                mode,
-                params,
-                lambda update: loop.call_soon_threadsafe(updates.put_nowait, update),
-                context.is_stopped,
+                prompt_ids, mode, params, lambda update: self.outbox.put(chunks, update), context.is_stopped
             )
         except ParameterError as error:
             raise InvalidArgument(f"{OPENAI_NAMES.get(error.field, error.field)}: {error.problem}") from None
         produced = 0
-        async for update in coalesced(updates, self.interval):
+        while True:
+            update = await chunks.updates.get()
             produced += len(update.new_ids)
             chunk: dict[str, Any] = {"token_ids": update.new_ids}
             if update.logprobs is not None and update.new_ids:
@@ -207,6 +216,8 @@ class NLDHandler:
                     "completion_tokens": produced,
                     "total_tokens": len(prompt_ids) + produced,
                 }
+                yield chunk
+                return
             yield chunk
 
 
@@ -224,6 +235,7 @@ async def serve(args: argparse.Namespace) -> None:
     template = chat_template_file(args.model)
     settings = EngineSettings(max_batch=args.max_batch, kv_blocks=args.kv_blocks, auto_threshold=args.auto_threshold)
     check_stream_interval(args.stream_interval_ms)
+    outbox: Outbox[_Chunks] = Outbox(_Chunks.deliver, args.stream_interval_ms / 1000)
 
     def load() -> StepBackend:
         return load_backend(
@@ -254,14 +266,14 @@ async def serve(args: argparse.Namespace) -> None:
             runtime_config=runtime_config,
             custom_template_path=template,
         )
-        handler = NLDHandler(engine, tokenizer, mode or args.default_mode, args.stream_interval_ms / 1000)
-        served.append((endpoint, handler))
+        served.append((endpoint, NLDHandler(engine, tokenizer, mode or args.default_mode, outbox)))
     served[0][0].metrics.register_prometheus_expfmt_callback(lambda: prometheus_text(engine_samples(engine)))
     LOG.info("serving %s as %s (+ :mode names) in namespace %s", args.model, args.name, args.namespace)
     try:
         await asyncio.gather(*(endpoint.serve_endpoint(handler.generate) for endpoint, handler in served))
     finally:
         engine.stop()
+        outbox.close()
 
 
 def argument_parser() -> argparse.ArgumentParser:

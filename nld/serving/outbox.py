@@ -1,5 +1,5 @@
-"""Responses leave on their own thread, at most one per request per stream interval (`Outbox`, Triton's
-Python backend; `coalesced`, the same rule for an asyncio front end such as the Dynamo worker).
+"""Responses leave on their own thread, at most one per request per stream interval (the Triton model's
+responses; the Dynamo worker's updates to its event loop).
 
 The engine's thread hands a request's updates to an `Outbox` and goes on stepping; a sending thread
 sends them. Triton's Python backend sends a response through its parent process and waits for the
@@ -7,19 +7,19 @@ parent to take it, so sending on the engine's thread made every step wait for tr
 scheduled. Updates of one request that arrive within `interval` seconds of its last response, or while
 the sender is busy, go out together as one response (`Update.then`): every response costs the stub,
 tritonserver, gRPC and the client CPU time that the engine's threads would otherwise have, whatever its
-size. A request's first response and its last are never held back.
+size. A request's first response and its last are never held back. In the Dynamo worker every update
+handed to the event loop wakes its thread, which then contends for the GIL with the engine's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 from nld.engine import Update
@@ -99,28 +99,6 @@ class Outbox(Generic[Key]):
                 self._send(key, update)
             except Exception:  # one closed stream must not stop the others' responses
                 LOG.exception("sending a response of request %s failed", update.request_id)
-
-
-async def coalesced(updates: asyncio.Queue[Update], interval: float) -> AsyncIterator[Update]:
-    """One request's updates as they arrive in `updates`, those that come within `interval` seconds of
-    the last one yielded joined to it; the first and the last never wait. Ends after the last."""
-    loop = asyncio.get_running_loop()
-    yielded_at = -math.inf
-    while True:
-        update = await updates.get()
-        while not _last(update):
-            left = yielded_at + interval - loop.time()
-            if left <= 0 and updates.empty():
-                break
-            try:
-                later = updates.get_nowait() if not updates.empty() else await asyncio.wait_for(updates.get(), left)
-            except TimeoutError:
-                break
-            update = update.then(later)
-        yielded_at = loop.time()
-        yield update
-        if _last(update):
-            return
 
 
 def _last(update: Update) -> bool:

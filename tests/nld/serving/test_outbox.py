@@ -1,15 +1,14 @@
 """Responses on their own thread, at most one per request per stream interval: nothing lost, nothing
-reordered, the first and the last never held back (Outbox for Triton, coalesced for asyncio)."""
+reordered, the first and the last never held back."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
 from nld.engine import Update
 from nld.sampling import TokenLogprob
-from nld.serving.outbox import Outbox, coalesced
+from nld.serving.outbox import Outbox
 
 
 def piece(i: int, finished: bool = False, error: str | None = None) -> Update:
@@ -100,46 +99,3 @@ def test_a_failing_send_does_not_stop_the_other_requests() -> None:
     outbox.put("open", piece(1, finished=True))
     outbox.close()
     assert sent.ids("open") == [[1]]
-
-
-def test_the_asyncio_sibling_joins_the_same_way() -> None:
-    async def run() -> list[tuple[list[int], float]]:
-        updates: asyncio.Queue[Update] = asyncio.Queue()
-        out: list[tuple[list[int], float]] = []
-        began = asyncio.get_running_loop().time()
-
-        async def produce() -> None:
-            for i in range(4):
-                updates.put_nowait(piece(i))
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.55)
-            updates.put_nowait(piece(4))
-            updates.put_nowait(piece(5, finished=True))
-            updates.put_nowait(piece(6))  # after the last: never read
-
-        producer = asyncio.create_task(produce())
-        async for update in coalesced(updates, 0.5):
-            out.append((update.new_ids, asyncio.get_running_loop().time() - began))
-        await producer
-        return out
-
-    out = asyncio.run(run())
-    assert [ids for ids, _ in out] == [[0], [1, 2, 3], [4, 5]]
-    assert out[0][1] < 0.2 and 0.48 < out[1][1] < 0.8 and out[2][1] - out[1][1] < 0.35
-
-
-def test_interval_zero_yields_each_piece_that_comes_alone() -> None:
-    async def run() -> list[list[int]]:
-        updates: asyncio.Queue[Update] = asyncio.Queue()
-
-        async def produce() -> None:
-            for i in range(3):
-                updates.put_nowait(piece(i, finished=i == 2))
-                await asyncio.sleep(0.02)
-
-        producer = asyncio.create_task(produce())
-        out = [update.new_ids async for update in coalesced(updates, 0.0)]
-        await producer
-        return out
-
-    assert asyncio.run(run()) == [[0], [1], [2]]
