@@ -6,7 +6,7 @@ checkout's eager path (`--baseline DIR`: a `git worktree` of an earlier commit, 
 
     .venv/bin/python scripts/bench_runtime.py [--model DIR | --shape 133m] [--modes ar,diffusion,...]
         [--concurrency 1,4,16] [--served 1] [--paths in-process,triton,openai] [--variants eager,compiled]
-        [--rounds 3] [--repeat 1] [--max-new-tokens 64] [--prompt-tokens N] [--threads 2]
+        [--rounds 3] [--repeat 1] [--max-new-tokens 64] [--prompt-tokens N] [--threads 2] [--stream-interval-ms 10]
         [--baseline DIR] [--out docs/bench/runtime.json]
 
 A mode may name a block length, `quadratic-spec@4` (measured in process only, compiled at its own
@@ -42,7 +42,7 @@ from nld.generate import load_backend
 from nld.models import default_model_dir
 from nld.modes.quadratic_spec import default_block
 from nld.serving.openai_server import OpenAIServer, OpenAISettings
-from nld.serving.repository import RepositorySettings, compile_setting, write_repository
+from nld.serving.repository import STREAM_INTERVAL_MS, RepositorySettings, compile_setting, write_repository
 from nld.serving.served_names import default_served_name
 from nld.serving.server import ServerSettings, TritonServer, free_port
 from nld.tokenizer import NLDTokenizer
@@ -193,7 +193,9 @@ def _start(stack: ExitStack, path: str, bench: Bench, variant: str) -> Callable[
     prompts = load_prompts()[: args.prompts]
     if path == "triton":
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nld-bench-runtime-")))
-        settings = RepositorySettings(model_dir=model, max_batch=width, compile=compile_setting(flag))
+        settings = RepositorySettings(
+            model_dir=model, max_batch=width, compile=compile_setting(flag), stream_interval_ms=args.stream_interval_ms
+        )
         repo = write_repository(scratch / "repo", settings)
         ports = [free_port() for _ in range(3)]
         server = ServerSettings(repo, grpc_port=ports[0], http_port=ports[1], metrics_port=ports[2])
@@ -208,6 +210,7 @@ def _start(stack: ExitStack, path: str, bench: Bench, variant: str) -> Callable[
         )
     name = default_served_name(model)
     options = ("--model", model, "--max-batch", str(width), "--compile" if flag else "--no-compile")
+    options += ("--stream-interval-ms", str(args.stream_interval_ms))
     settings = OpenAISettings(name=name, worker_options=options, http_port=free_port())
     server = stack.enter_context(OpenAIServer(settings))
     tokenizer = NLDTokenizer.from_dir(default_model_dir())
@@ -318,6 +321,9 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, help="cut or cycle every prompt to this many ids")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in process")
+    parser.add_argument(
+        "--stream-interval-ms", type=int, default=STREAM_INTERVAL_MS, help="the servers' stream interval"
+    )
     parser.add_argument("--baseline", type=Path, help="another checkout whose eager path runs beside (child process)")
     parser.add_argument("--prompts", type=int, help="use only the first N of the 22 prompts")
     parser.add_argument("--ceilings", action="store_true", help="also measure the machine's GEMV/GEMM ceilings")

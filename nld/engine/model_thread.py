@@ -4,10 +4,11 @@ Why one thread: torch's CPU kernels run on libgomp, which keeps a pool of worker
 ever ran a parallel region. A server that loads its model on one thread and steps it on another has two
 pools; once libgomp manages more threads than there are cores it stops letting idle workers spin between
 parallel regions, and every region of every step then waits for workers to wake. Measured on the 2-core
-CPU machine (the built-in model, compiled AR, one user, `research/runtime/model_thread_probe.py`):
-stepping on a thread other than the loading one ran at 0.57x of stepping where it was loaded, and
-loading and stepping on one new thread at 1.0x. So servers load, build, warm up and step their engine on
-one `ModelThread` (`start_engine`).
+CPU machine (the built-in model, compiled AR, one user, `research/runtime/model_thread_probe.py`,
+docs/bench.md "Serving at one user"): loaded on one thread and stepped on another, 387 tokens/s with the
+worker at 1.0 ms of CPU per token (asleep between regions); loaded and stepped on one thread, 612 tokens/s
+with the worker at 1.8 ms (spinning): 0.63x. So servers load, build, warm up and step their engine on one
+`ModelThread` (`Engine.launch`).
 """
 
 from __future__ import annotations
