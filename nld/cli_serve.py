@@ -118,7 +118,7 @@ def _add_stream_interval(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=STREAM_INTERVAL_MS,
         help="a request's streamed responses at most this often; tokens in between go out together "
-        f"(0: one response per step; at most {MAX_STREAM_INTERVAL_MS})",
+        f"(0: no waiting; at most {MAX_STREAM_INTERVAL_MS})",
     )
 
 

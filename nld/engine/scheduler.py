@@ -381,10 +381,11 @@ class Engine:
             self._stop = True
             self._wake.notify()
         if self._thread is not None:
-            assert self._loop_done is not None
-            self._thread.close()
-            self._loop_done.result()
+            thread, done = self._thread, self._loop_done
             self._thread = self._loop_done = None
+            thread.close()
+            assert done is not None
+            done.result()  # an exception that ended the loop, raised here
 
     def _loop(self) -> None:
         while True:

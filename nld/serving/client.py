@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import uuid
 from collections.abc import Callable
@@ -108,8 +109,16 @@ class NLDClient:
         self._close_stream(cancel=False)
         self.client.close()
 
+    def _send(self, inputs: list[Any]) -> None:
+        self.client.async_stream_infer(
+            MODEL_NAME, inputs, request_id=uuid.uuid4().hex, enable_empty_final_response=True
+        )
+
     def _stream(self) -> queue.Queue[tuple[Any, Any]]:
-        """The open stream's responses, opening a stream when none is open."""
+        """The open stream's responses, opening a stream when none is open (or when the open one heard
+        something between requests: after a request's final response, only a stream error comes)."""
+        if self._responses is not None and not self._responses.empty():
+            self._close_stream(cancel=True)
         if self._responses is None:
             responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
             self.client.start_stream(callback=lambda result, error: responses.put((result, error)))
@@ -117,9 +126,12 @@ class NLDClient:
         return self._responses
 
     def _close_stream(self, cancel: bool) -> None:
+        from tritonclient.utils import InferenceServerException
+
         if self._responses is not None:
             self._responses = None
-            self.client.stop_stream(cancel_requests=cancel)
+            with contextlib.suppress(InferenceServerException):  # a stream that broke: nothing to stop
+                self.client.stop_stream(cancel_requests=cancel)
 
     def __enter__(self) -> NLDClient:
         return self
@@ -141,16 +153,22 @@ class NLDClient:
         `on_ids` hears the token ids of each response as it arrives.
         `cancel_after` closes the stream after that many responses (request cancellation). Raises
         NLDError with the server's message for a refused request."""
+        from tritonclient.utils import InferenceServerException
+
+        inputs = build_inputs({"text_input": text, **options} if text is not None else options)
+        reused = self._responses is not None
         responses = self._stream()
         result = ClientResult()
         finished = False
         try:
-            self.client.async_stream_infer(
-                MODEL_NAME,
-                build_inputs({"text_input": text, **options} if text is not None else options),
-                request_id=uuid.uuid4().hex,
-                enable_empty_final_response=True,
-            )
+            try:
+                self._send(inputs)
+            except InferenceServerException:
+                if not reused:
+                    raise
+                self._close_stream(cancel=True)  # the stream broke while idle (a restart): open another, once
+                responses = self._stream()
+                self._send(inputs)
             while True:
                 try:
                     response, error = responses.get(timeout=timeout)

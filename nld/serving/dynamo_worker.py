@@ -34,7 +34,7 @@ from nld.sampling import TokenLogprob
 from nld.serving.inputs import REQUEST_MODES
 from nld.serving.metrics import engine_samples, prometheus_text
 from nld.serving.outbox import Outbox
-from nld.serving.repository import STREAM_INTERVAL_MS, check_stream_interval
+from nld.serving.repository import MAX_STREAM_INTERVAL_MS, STREAM_INTERVAL_MS
 from nld.serving.served_names import default_served_name, endpoint_name, served_names
 from nld.step import StepBackend
 from nld.tokenizer import NLDTokenizer
@@ -234,7 +234,6 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.model}: no tokenizer.json; Dynamo's frontend tokenizes with it")
     template = chat_template_file(args.model)
     settings = EngineSettings(max_batch=args.max_batch, kv_blocks=args.kv_blocks, auto_threshold=args.auto_threshold)
-    check_stream_interval(args.stream_interval_ms)
     outbox: Outbox[_Chunks] = Outbox(_Chunks.deliver, args.stream_interval_ms / 1000)
 
     def load() -> StepBackend:
@@ -272,8 +271,10 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         await asyncio.gather(*(endpoint.serve_endpoint(handler.generate) for endpoint, handler in served))
     finally:
-        engine.stop()
-        outbox.close()
+        try:
+            engine.stop()
+        finally:
+            outbox.close()
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -312,6 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.status_port is not None and not 0 < args.status_port < 32768:
         parser.error(f"--status-port must be in [1, 32767] (Dynamo reads it as an i16), got {args.status_port}")
+    if not 0 <= args.stream_interval_ms <= MAX_STREAM_INTERVAL_MS:
+        parser.error(f"--stream-interval-ms must be in [0, {MAX_STREAM_INTERVAL_MS}], got {args.stream_interval_ms}")
     args.model = str(args.model or default_model_dir())
     args.name = args.name or default_served_name(args.model)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

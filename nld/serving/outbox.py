@@ -44,17 +44,14 @@ class Outbox(Generic[Key]):
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
-    def put(self, key: Key, update: Update, due: bool = True) -> None:
-        """Add `update` to what `key` has pending. A streamed update (`due`) goes out once the request's
-        interval has passed since its last response; a last update (finished or failed) at once; an
-        unstreamed one waits for the last and goes out with it."""
+    def put(self, key: Key, update: Update) -> None:
+        """Add `update` to what `key` has pending: it goes out once the request's interval has passed
+        since its last response, or at once when it is the request's last (finished or failed)."""
         now = time.monotonic()
         last = _last(update)
         with self._wake:
             earlier = self._pending.get(key)
             self._pending[key] = update if earlier is None else earlier.then(update)
-            if not (due or last):
-                return
             when = now if last else self._sent_at.get(key, -math.inf) + self.interval
             if when < self._due_at.get(key, math.inf):
                 self._due_at[key] = when

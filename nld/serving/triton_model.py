@@ -28,7 +28,7 @@ from nld.sampling import TokenLogprob
 from nld.serving.inputs import INPUTS, PROMPT_INPUTS, InputError, ServeRequest, input_error, parse_inputs
 from nld.serving.metrics import METRICS, MODE_LABEL, engine_samples
 from nld.serving.outbox import Outbox
-from nld.serving.repository import COMPILE_SETTINGS, STREAM_INTERVAL_MS
+from nld.serving.repository import COMPILE_SETTINGS, STREAM_INTERVAL_MS, check_stream_interval
 from nld.step import StepBackend
 from nld.tokenizer import NLDTokenizer
 
@@ -121,8 +121,9 @@ class TritonPythonModel:
 
         # loaded, warmed up (every compiled step shape, not on a request's time) and stepped on one thread
         tokenizer = self.tokenizer.tokenizer if self.tokenizer is not None else None
-        interval = int(parameters.get("stream_interval_ms", STREAM_INTERVAL_MS)) / 1000
-        self.outbox: Outbox[_Reply] = Outbox(self._send, interval)
+        interval = int(parameters.get("stream_interval_ms", STREAM_INTERVAL_MS))
+        check_stream_interval(interval)
+        self.outbox: Outbox[_Reply] = Outbox(self._send, interval / 1000)
         self.engine, compiling = Engine.launch(load, settings, tokenizer)
         if compiling:
             pb_utils.Logger.log_info(f"nld: compiled the engine's step shapes in {compiling:.1f} s")
@@ -145,8 +146,10 @@ class TritonPythonModel:
         return None  # decoupled: responses go through each request's sender
 
     def finalize(self) -> None:
-        self.engine.stop()
-        self.outbox.close()
+        try:
+            self.engine.stop()
+        finally:
+            self.outbox.close()
 
     # -- one request --------------------------------------------------------------------------------
     def _start(self, request: Any) -> None:
@@ -164,9 +167,20 @@ class TritonPythonModel:
             prompt_input = next(name for name in PROMPT_INPUTS if tensors.get(name) is not None)
             prompt_ids = self._prompt_ids(parsed, prompt_input)
             reply = _Reply(sender, parsed.stream, parsed.params.logprobs or 0)
+            gathered = Update("", [], logprobs=[] if parsed.params.logprobs is not None else None)
 
             def listen(update: Update) -> None:  # on the engine's thread: hand over, never wait on a send
-                self.outbox.put(reply, update, due=reply.stream)
+                if reply.stream:
+                    self.outbox.put(reply, update)
+                    return
+                gathered.new_ids.extend(update.new_ids)  # unstreamed: one response at the end, with everything
+                gathered.text += update.text
+                if gathered.logprobs is not None and update.logprobs is not None:
+                    gathered.logprobs.extend(update.logprobs)
+                if update.finished:
+                    ids, text, logprobs = gathered.new_ids, gathered.text, gathered.logprobs
+                    whole = Update(update.request_id, ids, True, update.generation, update.error, text, logprobs)
+                    self.outbox.put(reply, whole)
 
             cancelled = at_most_every(CANCEL_CHECK_SECONDS, request.is_cancelled)
             self.engine.submit(prompt_ids, parsed.mode, parsed.params, listen, cancelled)
@@ -197,7 +211,10 @@ class TritonPythonModel:
         final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         if update.error is not None:
             if reply.stream and update.new_ids:  # tokens final before the failure, as they would have streamed
-                reply.sender.send(self._response(update.text, update.new_ids, update.logprobs, reply.width))
+                try:
+                    reply.sender.send(self._response(update.text, update.new_ids, update.logprobs, reply.width))
+                except Exception as problem:  # the error response below must still go: it ends the request
+                    self.pb.Logger.log_error(f"nld: sending the tokens before a failure failed: {problem}")
             reply.sender.send(self.pb.InferenceResponse(error=self.pb.TritonError(update.error)), flags=final)
             self._publish_metrics()
             return

@@ -58,6 +58,7 @@ def test_within_the_interval_pieces_wait_and_join_but_the_first_and_the_last_do_
     outbox: Outbox[str] = Outbox(sent, interval=0.5)
     began = time.monotonic()
     outbox.put("a", piece(0))
+    assert sent.entered.wait(10)  # the first goes at once
     for i in range(1, 4):
         time.sleep(0.01)
         outbox.put("a", piece(i))
@@ -74,16 +75,17 @@ def test_within_the_interval_pieces_wait_and_join_but_the_first_and_the_last_do_
     assert sent.calls[-1][1].finished
 
 
-def test_an_unstreamed_request_gets_one_response_at_its_end() -> None:
+def test_a_failure_goes_at_once_with_the_tokens_that_waited() -> None:
     sent = Sent()
-    outbox: Outbox[str] = Outbox(sent)
-    for i in range(3):
-        outbox.put("a", piece(i), due=False)
-    time.sleep(0.05)
-    assert sent.calls == []
-    outbox.put("a", piece(3, finished=True), due=False)
+    outbox: Outbox[str] = Outbox(sent, interval=0.5)
+    outbox.put("a", piece(0))
+    assert sent.entered.wait(10)  # the first went at once
+    outbox.put("a", piece(1))  # waits for the interval
+    outbox.put("a", piece(2, finished=True, error="boom"))
+    assert sent.done.wait(10)
     outbox.close()
-    assert sent.ids("a") == [[0, 1, 2, 3]] and sent.calls[0][1].finished
+    assert sent.ids("a") == [[0], [1, 2]]
+    assert sent.calls[-1][1].error == "boom" and sent.calls[-1][2] - sent.calls[0][2] < 0.35
 
 
 def test_a_failing_send_does_not_stop_the_other_requests() -> None:
