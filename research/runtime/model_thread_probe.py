@@ -29,8 +29,8 @@ from pathlib import Path
 PLACEMENTS = ("main", "split", "one-thread")
 
 CHILD = """
-import json, sys, threading, time
-import psutil, torch
+import json, os, sys, threading, time
+import torch
 from nld.bench.prompts import load_prompts
 from nld.bench.runner import SweepPoint, run_point
 from nld.generate import load_backend
@@ -45,12 +45,22 @@ ids = [(prompt, tokenizer.encode_prompt(prompt.text)) for prompt in load_prompts
 def load():
     return load_backend(model, compile=compile)
 
+def thread_seconds():  # CPU seconds of each of this process's threads (Linux: /proc/self/task/*/stat)
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            fields = open(f"/proc/self/task/{task}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        seconds[task] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return seconds
+
 def measure(backend):
     run_point(backend, ids, SweepPoint("ar", 1), tokens)  # warm: compile, allocate
-    me = psutil.Process()
-    before = {t.id: t.user_time + t.system_time for t in me.threads()}
+    before = thread_seconds()
     record = run_point(backend, ids, SweepPoint("ar", 1), tokens)
-    after = {t.id: t.user_time + t.system_time for t in me.threads()}
+    after = thread_seconds()
     busy = sorted((after[k] - before.get(k, 0.0) for k in after), reverse=True)[:3]
     return record["output_tokens_per_s"], [round(1000 * b / record["output_tokens"], 3) for b in busy]
 
