@@ -85,16 +85,17 @@ class Update:
     text: str = ""
     logprobs: list[TokenLogprob] | None = None
 
-    def then(self, later: Update) -> Update:
-        """This update and the `later` one of the same request as one (a front end that sends fewer,
-        larger responses when its client reads slower than the engine steps)."""
-        logprobs = None
-        if self.logprobs is not None or later.logprobs is not None:
-            logprobs = [*(self.logprobs or []), *(later.logprobs or [])]
-        new_ids = [*self.new_ids, *later.new_ids]
-        return Update(
-            self.request_id, new_ids, later.finished, later.generation, later.error, self.text + later.text, logprobs
-        )
+    def absorb(self, later: Update) -> None:
+        """This update and the `later` one of the same request as one, in place (a front end that sends
+        fewer, larger responses): the later one's tokens, text and log-probabilities appended to this one's,
+        its request id and end (finished, generation, error) taken."""
+        self.request_id = later.request_id
+        self.new_ids.extend(later.new_ids)
+        self.text += later.text
+        if later.logprobs is not None:
+            self.logprobs = [] if self.logprobs is None else self.logprobs
+            self.logprobs.extend(later.logprobs)
+        self.finished, self.generation, self.error = later.finished, later.generation, later.error
 
 
 Listener = Callable[[Update], None]

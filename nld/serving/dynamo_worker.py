@@ -27,6 +27,7 @@ from typing import Any
 
 from nld.chat_template import PLAIN_CHAT_TEMPLATE, TEMPLATE_FILE, load_chat_template
 from nld.engine import Engine, EngineSettings, Update
+from nld.errors import NLDError
 from nld.generate import load_backend
 from nld.limits import ParameterError
 from nld.modes import GenerationParams
@@ -34,7 +35,7 @@ from nld.sampling import TokenLogprob
 from nld.serving.inputs import REQUEST_MODES
 from nld.serving.metrics import engine_samples, prometheus_text
 from nld.serving.outbox import Outbox
-from nld.serving.repository import MAX_STREAM_INTERVAL_MS, STREAM_INTERVAL_MS
+from nld.serving.repository import STREAM_INTERVAL_MS, check_stream_interval
 from nld.serving.served_names import default_served_name, endpoint_name, served_names
 from nld.step import StepBackend
 from nld.tokenizer import NLDTokenizer
@@ -136,12 +137,11 @@ class NLDHandler:
     """Turns one Dynamo request into one engine submission in `mode` and streams its updates back."""
 
     def __init__(
-        self, engine: Engine, tokenizer: NLDTokenizer | None, mode: str = DEFAULT_MODE, outbox: Outbox | None = None
+        self, engine: Engine, tokenizer: NLDTokenizer | None, outbox: Outbox[_Chunks], mode: str = DEFAULT_MODE
     ) -> None:
         self.engine = engine
         self.mode = mode
-        # a request's updates reach its event loop through here, at most once per stream interval
-        self.outbox: Outbox[_Chunks] = outbox or Outbox(_Chunks.deliver)
+        self.outbox = outbox  # a request's updates reach its event loop through it, at most once per interval
         self.prefix, self.suffix = special_affixes(tokenizer) if tokenizer is not None else ([], [])
 
     def prompt_ids(self, token_ids: list[int]) -> list[int]:
@@ -265,7 +265,7 @@ async def serve(args: argparse.Namespace) -> None:
             runtime_config=runtime_config,
             custom_template_path=template,
         )
-        served.append((endpoint, NLDHandler(engine, tokenizer, mode or args.default_mode, outbox)))
+        served.append((endpoint, NLDHandler(engine, tokenizer, outbox, mode or args.default_mode)))
     served[0][0].metrics.register_prometheus_expfmt_callback(lambda: prometheus_text(engine_samples(engine)))
     LOG.info("serving %s as %s (+ :mode names) in namespace %s", args.model, args.name, args.namespace)
     try:
@@ -313,8 +313,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.status_port is not None and not 0 < args.status_port < 32768:
         parser.error(f"--status-port must be in [1, 32767] (Dynamo reads it as an i16), got {args.status_port}")
-    if not 0 <= args.stream_interval_ms <= MAX_STREAM_INTERVAL_MS:
-        parser.error(f"--stream-interval-ms must be in [0, {MAX_STREAM_INTERVAL_MS}], got {args.stream_interval_ms}")
+    try:
+        check_stream_interval(args.stream_interval_ms)
+    except NLDError as error:
+        parser.error(str(error))
     args.model = str(args.model or default_model_dir())
     args.name = args.name or default_served_name(args.model)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -5,7 +5,7 @@ The engine's thread hands a request's updates to an `Outbox` and goes on steppin
 sends them. Triton's Python backend sends a response through its parent process and waits for the
 parent to take it, so sending on the engine's thread made every step wait for tritonserver to be
 scheduled. Updates of one request that arrive within `interval` seconds of its last response, or while
-the sender is busy, go out together as one response (`Update.then`): every response costs the stub,
+the sender is busy, go out together as one response (`Update.absorb`): every response costs the stub,
 tritonserver, gRPC and the client CPU time that the engine's threads would otherwise have, whatever its
 size. A request's first response and its last are never held back. In the Dynamo worker every update
 handed to the event loop wakes its thread, which then contends for the GIL with the engine's.
@@ -45,13 +45,17 @@ class Outbox(Generic[Key]):
         self._thread.start()
 
     def put(self, key: Key, update: Update) -> None:
-        """Add `update` to what `key` has pending: it goes out once the request's interval has passed
-        since its last response, or at once when it is the request's last (finished or failed)."""
+        """Add `update` to what `key` has pending (the outbox takes it: the request's later updates are
+        appended to it in place): it goes out once the request's interval has passed since its last
+        response, or at once when it is the request's last (finished or failed)."""
         now = time.monotonic()
         last = _last(update)
         with self._wake:
             earlier = self._pending.get(key)
-            self._pending[key] = update if earlier is None else earlier.then(update)
+            if earlier is None:
+                self._pending[key] = update  # the outbox's now: later updates of the request join it in place
+            else:
+                earlier.absorb(update)
             when = now if last else self._sent_at.get(key, -math.inf) + self.interval
             if when < self._due_at.get(key, math.inf):
                 self._due_at[key] = when

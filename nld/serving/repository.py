@@ -22,8 +22,8 @@ from nld.tokenizer import TOKENIZER_FILE
 MODEL_NAME = "nld"
 
 
-# Streamed responses of one request go out at most this often (nld/serving/outbox.py says why); 0: one
-# response per engine step that emits tokens.
+# Streamed responses of one request go out at most this often (nld/serving/outbox.py says why); 0: no
+# waiting, one response per engine step while the sender keeps up.
 STREAM_INTERVAL_MS = 10
 MAX_STREAM_INTERVAL_MS = 1000
 

@@ -173,14 +173,9 @@ class TritonPythonModel:
                 if reply.stream:
                     self.outbox.put(reply, update)
                     return
-                gathered.new_ids.extend(update.new_ids)  # unstreamed: one response at the end, with everything
-                gathered.text += update.text
-                if gathered.logprobs is not None and update.logprobs is not None:
-                    gathered.logprobs.extend(update.logprobs)
+                gathered.absorb(update)  # unstreamed: one response at the end, with everything
                 if update.finished:
-                    ids, text, logprobs = gathered.new_ids, gathered.text, gathered.logprobs
-                    whole = Update(update.request_id, ids, True, update.generation, update.error, text, logprobs)
-                    self.outbox.put(reply, whole)
+                    self.outbox.put(reply, gathered)
 
             cancelled = at_most_every(CANCEL_CHECK_SECONDS, request.is_cancelled)
             self.engine.submit(prompt_ids, parsed.mode, parsed.params, listen, cancelled)
